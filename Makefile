@@ -1,0 +1,32 @@
+# Two commands: `make demo` and `make test`. Each creates or updates .venv when needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.stft-neuro-installed
+WHEELS := $(VENV)/lava-wheels
+
+.PHONY: demo test test-all bench install clean
+
+install: $(STAMP)
+
+# torch first and pinned (2.13.0 is the CPU wheel available here); then Lava's wheels, rebuilt
+# with the two Python 3.11 mends (tools/mend_lava.py); then this package, editable.
+$(STAMP): pyproject.toml tools/mend_lava.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0 "numpy>=1.26,<2"
+	$(PY) tools/mend_lava.py $(WHEELS)
+	$(PY) -m pip install --quiet --find-links $(WHEELS) -e ".[lava,test]"
+	$(PY) -m pip check
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/stft-neuro demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,260 @@
+"""Configuration: frozen dataclasses, loaded from TOML, overridden from the command line.
+
+One :class:`Config` holds five sections (``data``, ``spiking``, ``transformer``, ``fusion``,
+``train``). A TOML file sets any subset of keys; ``--set section.key=value`` overrides follow.
+Unknown sections or keys, and values of the wrong type, raise :class:`ConfigError` naming the key.
+Every run writes its resolved config (``Config.to_dict``) beside its results.
+
+Defaults follow the paper where it says something (DESIGN.md, "The paper"), and are sized so that
+``make demo`` trains in a few minutes on 2 CPU cores where it does not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stft_neuro.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which benchmark to load or generate.
+
+    ``source``: ``"synthetic"`` (generated here, see ``stft_neuro.data.synthetic``), ``"avca"``
+    (h5 features per class) or ``"tcaf"`` (pickled per-class sequences; needs ``allow_pickle``).
+    ``root``: for ``avca``/``tcaf`` the dataset folder (e.g. ``.../UCF``); for ``synthetic`` a folder
+    laid out like ``shared/data/avgzsl/UCF`` whose real class split and word2vec embeddings to use,
+    ``"auto"`` to use ``../shared/data/avgzsl/<dataset>`` (or ``$STFT_NEURO_AVGZSL/<dataset>``) when
+    present, or ``"none"`` to generate class names and embeddings too.
+    """
+
+    source: str = "synthetic"
+    dataset: str = "UCF"
+    root: str = "auto"
+    allow_pickle: bool = False
+    seed: int = 0
+    # Synthetic generator (ignored for real data).
+    train_per_class: int = 24
+    eval_per_class: int = 8
+    min_seconds: int = 4
+    max_seconds: int = 10
+    audio_dim: int = 512
+    visual_dim: int = 512
+    noise: float = 1.0
+    generated_classes: int = 51
+    generated_unseen: int = 9
+    generated_val_unseen: int = 9
+
+
+@dataclass(frozen=True)
+class SpikingConfig:
+    """The spiking branch: host encoding (GLP, TSF, threshold cues) and the chip side (Dense+LIF).
+
+    ``hidden``: LIF layer widths on the chip; ``input_dim``: width of the input currents the host
+    sends each step. ``du``, ``dv``: current and voltage decay per step (fractions; Lava's LIF).
+    ``threshold``: the LIF threshold in the float model's units. ``surrogate_slope``: slope k of the
+    sigmoid surrogate gradient d s/d v = k sig(k x)(1 - sig(k x)). ``input_bits``: graded-spike
+    payload of the input currents after quantization.
+    """
+
+    enabled: bool = True
+    num_steps: int = 10
+    input_dim: int = 512
+    hidden: tuple[int, ...] = (256, 256, 128)
+    du: float = 0.25
+    dv: float = 0.1
+    threshold: float = 1.0
+    surrogate_slope: float = 5.0
+    glp: bool = True
+    tsf: bool = True
+    dynamic_threshold: bool = True
+    input_bits: int = 8
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Latent semantic reasoning transformer: latent knowledge slots with gating, self-attention,
+    cross-modal attention between audio and visual."""
+
+    dim: int = 256
+    heads: int = 4
+    layers: int = 1
+    num_latents: int = 8
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Temporal-semantic Tucker fusion. ``kind``: ``"tucker"`` or ``"concat"`` (ablation).
+    ``ranks``: one Tucker fusion per rank (multi-scale), summed. ``width``: internal width;
+    ``embed_dim``: the joint embedding compared with projected class embeddings."""
+
+    kind: str = "tucker"
+    ranks: tuple[int, ...] = (16, 32)
+    width: int = 256
+    embed_dim: int = 64
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training as in AVCA (Adam, weight decay, ReduceLROnPlateau), sized for 2 CPU cores."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    plateau_patience: int = 3
+    margin: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    stages: str = "both"
+    qat: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    spiking: SpikingConfig = field(default_factory=SpikingConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+_SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in SECTIONS}
+
+
+def _coerce(where: str, value: Any, hint: Any) -> Any:
+    """Check/convert one value to the field's type; raise ConfigError naming ``where``."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config {where}: expected a list of integers, got {value!r}")
+        return tuple(_coerce(where, v, typing.get_args(hint)[0]) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config {where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config {where}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, str):
+                value = value.strip()
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config {where}: expected an integer, got {value!r}") from None
+        if isinstance(value, float) and value != number:
+            raise ConfigError(f"config {where}: expected an integer, got {value!r}")
+        return number
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config {where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config {where}: expected a number, got {value!r}") from None
+    if hint is str:
+        return str(value)
+    raise ConfigError(f"config {where}: unsupported type {hint}")  # pragma: no cover
+
+
+def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from nested ``{section: {key: value}}``, on top of ``base`` (defaults)."""
+    base = base or Config()
+    sections = {}
+    for name in SECTIONS:
+        sections[name] = getattr(base, name)
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"config: unknown section {name!r} (sections: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config: section {name!r} must be a table of keys")
+        cls = _SECTION_TYPES[name]
+        hints = typing.get_type_hints(cls)
+        updates = {}
+        for key, value in values.items():
+            if key not in hints:
+                known = ", ".join(hints)
+                raise ConfigError(f"config: unknown key {name}.{key} (keys of [{name}]: {known})")
+            updates[key] = _coerce(f"{name}.{key}", value, hints[key])
+        sections[name] = dataclasses.replace(sections[name], **updates)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """``["train.epochs=3", "spiking.hidden=128,64"]`` -> nested dict (values stay strings)."""
+    raw: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=5")
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None,
+         base: Config | None = None) -> Config:
+    """Defaults (or ``base``), then the TOML file ``path`` (if given), then ``overrides``."""
+    cfg = base or Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p}: not valid TOML ({exc})") from None
+        cfg = from_dict(raw, cfg)
+    if overrides:
+        cfg = from_dict(parse_overrides(overrides), cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express; raise ConfigError naming the key."""
+    checks = [
+        (cfg.data.source in ("synthetic", "avca", "tcaf"), "data.source must be synthetic, avca or tcaf"),
+        (cfg.data.min_seconds >= 1, "data.min_seconds must be >= 1"),
+        (cfg.data.max_seconds >= cfg.data.min_seconds, "data.max_seconds must be >= data.min_seconds"),
+        (cfg.data.train_per_class >= 1 and cfg.data.eval_per_class >= 1,
+         "data.train_per_class and data.eval_per_class must be >= 1"),
+        (cfg.data.noise >= 0, "data.noise must be >= 0"),
+        (cfg.spiking.num_steps >= 1, "spiking.num_steps must be >= 1"),
+        (len(cfg.spiking.hidden) >= 1 and min(cfg.spiking.hidden) >= 1,
+         "spiking.hidden must list at least one positive width"),
+        (0.0 <= cfg.spiking.du <= 1.0 and 0.0 <= cfg.spiking.dv <= 1.0,
+         "spiking.du and spiking.dv must lie in [0, 1]"),
+        (cfg.spiking.threshold > 0, "spiking.threshold must be > 0"),
+        (1 <= cfg.spiking.input_bits <= 8, "spiking.input_bits must lie in 1..8"),
+        (cfg.transformer.dim % cfg.transformer.heads == 0, "transformer.dim must be a multiple of transformer.heads"),
+        (cfg.fusion.kind in ("tucker", "concat"), "fusion.kind must be tucker or concat"),
+        (len(cfg.fusion.ranks) >= 1 and min(cfg.fusion.ranks) >= 1, "fusion.ranks must list positive ranks"),
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.lr > 0, "train.lr must be > 0"),
+        (cfg.train.stages in ("both", "1", "2"), "train.stages must be both, 1 or 2"),
+        (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"config: {message}")
