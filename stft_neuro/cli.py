@@ -1,0 +1,258 @@
+"""The ``stft-neuro`` command line.
+
+Every subcommand prints a human-readable table by default and JSON with ``--json``; runs that
+write a folder leave their resolved config and a machine-readable result there. Bad input ends in
+one line ``stft-neuro: error: ...`` and exit status 1 (2 for unknown options, as argparse does).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from stft_neuro import __version__
+
+EPILOG = """\
+examples:
+  stft-neuro doctor                     versions, Lava import, a 1-step Lava fixed_pt run
+  stft-neuro data                       generate the synthetic benchmark and summarise it
+  stft-neuro train --out runs/ucf       train STFT (both AVCA stages) into runs/ucf
+  stft-neuro train --set train.epochs=5 --set fusion.kind=concat --out runs/concat
+  stft-neuro eval --checkpoint runs/ucf S/U/HM/ZSL of a trained run
+  stft-neuro demo                       all of the above on small defaults
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="TOML", help="TOML file with [data], [spiking], [transformer], "
+                   "[fusion], [train] tables (any subset of keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickled feature files (TCaF layout); pickles can run code")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stft-neuro", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Train the Spiking Tucker Fusion Transformer for audio-visual zero-shot "
+                    "learning and deploy its spiking branch to Loihi 2 (Lava).")
+    parser.add_argument("--version", action="version", version=f"stft-neuro {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="check the installation and run Lava's fixed_pt simulator once",
+                       description="Print the versions of every dependency, whether Lava imports, and "
+                                   "run a tiny Dense+LIF network in Lava fixed_pt, compared spike for "
+                                   "spike with the reference simulator. Exit 1 if anything fails.")
+    p.add_argument("--no-lava-run", action="store_true", help="skip the Lava simulation")
+    _add_json(p)
+
+    p = sub.add_parser("data", help="load or generate the benchmark and print its summary",
+                       description="Load (avca, tcaf) or generate (synthetic) the AV-GZSL benchmark "
+                                   "given by the [data] config and print classes and samples per "
+                                   "split, and feature shapes.")
+    _add_config_args(p)
+    _add_json(p)
+
+    p = sub.add_parser("train", help="train STFT with the two-stage AVCA protocol",
+                       description="Stage 1 picks the epoch count and calibration b on validation; "
+                                   "stage 2 retrains and tests. Writes config.json, meta.json, "
+                                   "model.safetensors and metrics.json into --out.")
+    _add_config_args(p)
+    p.add_argument("--out", metavar="RUN", help="run folder (default runs/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    _add_json(p)
+
+    p = sub.add_parser("eval", help="S/U/HM/ZSL of a trained run on its benchmark",
+                       description="Evaluate a run folder on stage-2 test splits with the calibration "
+                                   "b chosen on stage-1 validation during training.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder written by train")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
+    _add_json(p)
+
+    p = sub.add_parser("demo", help="doctor + benchmark summary + a small training run + results",
+                       description="Runs the whole pipeline on built-in defaults in a few minutes on "
+                                   "2 CPU cores (real UCF-GZSL split and word2vec when "
+                                   "../shared/data/avgzsl is there).")
+    p.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder (default runs/demo)")
+    _add_config_args(p)
+    return parser
+
+
+def _load_config(args):
+    from stft_neuro import config as config_mod
+    cfg = config_mod.load(args.config, args.overrides)
+    if getattr(args, "allow_pickle", False):
+        cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+    return cfg
+
+
+def _print(obj, as_json: bool, table: str) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True) if as_json else table)
+
+
+def cmd_doctor(args) -> int:
+    from stft_neuro.doctor import diagnose, format_report
+    report = diagnose(run_lava=not args.no_lava_run)
+    _print(report, args.json, format_report(report))
+    return 0 if report["healthy"] else 1
+
+
+def cmd_data(args) -> int:
+    from stft_neuro.data import load_benchmark
+    bench = load_benchmark(_load_config(args).data)
+    _print(bench.summary(), args.json, bench.summary_table())
+    return 0
+
+
+class _TrainDisplay:
+    """Progress bar over batches with loss and validation HM (plain lines when not a terminal)."""
+
+    def __init__(self, cfg, bench, quiet: bool) -> None:
+        from tqdm import tqdm
+        stages = {"both": (1, 2), "1": (1,), "2": (2,)}[cfg.train.stages]
+        per_epoch = -(-len(bench.splits["stage_1_train"].labels) // cfg.train.batch_size)
+        self.bar = tqdm(total=per_epoch * cfg.train.epochs * len(stages), unit="batch",
+                        disable=True if quiet else None, file=sys.stderr, dynamic_ncols=True)
+        self.plain = not quiet and self.bar.disable
+        self.quiet = quiet
+        self.hm = float("nan")
+
+    def batch(self, loss: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", val_HM=f"{self.hm:.1f}", refresh=False)
+
+    def epoch(self, row: dict) -> None:
+        self.hm = row.get("val_HM", self.hm)
+        if self.plain:
+            hm = f" val S {row['val_S']:.1f} U {row['val_U']:.1f} HM {row['val_HM']:.1f}" if "val_HM" in row else ""
+            print(f"stage {row['stage']} epoch {row['epoch']:>3}: loss {row['loss_total']:.4f}{hm} "
+                  f"({row['samples_per_s']:.0f} samples/s)", file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _results_table(results: dict) -> str:
+    from stft_neuro.protocol import GZSLMetrics, format_table
+    rows = {}
+    if "stage1_val_metrics" in results:
+        rows["stage 1 val"] = GZSLMetrics(**results["stage1_val_metrics"])
+    if "stage2_test" in results:
+        rows["stage 2 test"] = GZSLMetrics(**results["stage2_test"])
+    return format_table(rows)
+
+
+def _train(cfg, run_dir: Path, resume: bool, quiet: bool) -> dict:
+    from stft_neuro.data import load_benchmark
+    from stft_neuro.train import Trainer
+    bench = load_benchmark(cfg.data)
+    display = _TrainDisplay(cfg, bench, quiet)
+    try:
+        results = Trainer(cfg, bench, run_dir, on_epoch=display.epoch, on_batch=display.batch).run(resume)
+    finally:
+        display.close()
+    return results
+
+
+def cmd_train(args) -> int:
+    from stft_neuro import config as config_mod
+    from stft_neuro.train import check_resumable
+    if args.resume:
+        run_dir = Path(args.resume)
+        check_resumable(run_dir)
+        from stft_neuro.checkpoint import read_json
+        cfg = config_mod.from_dict(read_json(run_dir / "config.json", "config"))
+        if args.overrides or args.config:
+            cfg = config_mod.load(args.config, args.overrides, base=cfg)
+    else:
+        cfg = _load_config(args)
+        run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    results = _train(cfg, run_dir, resume=bool(args.resume), quiet=args.json)
+    _print(results, args.json, _results_table(results) + f"\n\nrun folder: {run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from stft_neuro import config as config_mod
+    from stft_neuro.checkpoint import load_run
+    from stft_neuro.data import load_benchmark
+    from stft_neuro.errors import CheckpointError
+    from stft_neuro.train import evaluate_split_pair, resolve_device
+    model, cfg, meta = load_run(args.checkpoint)
+    if args.allow_pickle:
+        cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+    bench = load_benchmark(cfg.data)
+    split = bench.splits["stage_2_test_seen"]
+    for what, got, want in (("audio", split.audio.shape[-1], meta["audio_dim"]),
+                            ("visual", split.visual.shape[-1], meta["visual_dim"])):
+        if got != want:
+            raise CheckpointError(f"{args.checkpoint}: model expects {what} features of width {want}, "
+                                  f"the benchmark has {got}")
+    if len(bench.class_names) != len(meta["class_names"]):
+        raise CheckpointError(f"{args.checkpoint}: trained on {len(meta['class_names'])} classes, "
+                              f"the benchmark has {len(bench.class_names)}")
+    device = resolve_device(cfg.train.device)
+    bias = float(meta["progress"]["best_bias"])
+    metrics = evaluate_split_pair(model.to(device), bench, 2, device, bias)
+    result = {"checkpoint": str(args.checkpoint), "stage2_test": metrics.to_dict()}
+    _print(result, args.json, _results_table(result))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from stft_neuro.data import load_benchmark
+    from stft_neuro.doctor import diagnose, format_report
+    cfg = _load_config(args)
+    print("== stft-neuro doctor ==")
+    report = diagnose()
+    print(format_report(report))
+    print("\n== benchmark ==")
+    bench = load_benchmark(cfg.data)
+    print(bench.summary_table())
+    print(f"\n== training STFT ({cfg.train.epochs} epochs, AVCA stages {cfg.train.stages}) ==")
+    results = _train(cfg, Path(args.out), resume=False, quiet=False)
+    print("\n" + _results_table(results))
+    print(f"\nrun folder: {args.out} (config.json, model.safetensors, metrics.json)")
+    return 0 if report["healthy"] else 1
+
+
+COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stft_neuro.errors import UserError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"stft-neuro: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stft-neuro: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The host side of the spiking branch: GLP encoding, threshold cues and TSF readout.
+
+Everything here runs on the host (GPU or CPU) and talks to the chip side only through the step
+contract (``stft_neuro.sim.backend``): at each step the host sends input currents ``x_t`` and a
+threshold modulation ``theta_t``, and receives every layer's spikes.
+
+Shapes: B batch, S seconds (padded), D = Da + Dv feature width, T steps, L chip layers.
+
+- **GLP** (global-local pooling), per modality and feature over the valid seconds:
+  ``P = 1/2 (P_max + P_avg) + b P_max + (1 - b) P_avg`` with a learnable scalar ``b`` per modality
+  (initialised at 0.5). It shapes the input currents: ``I'_t = (1 + sigmoid(P)) * I_t``.
+- **Input currents**: the per-second features are averaged into T equal bins of each sample's own
+  length (a sample shorter than T seconds repeats seconds), shaped by GLP, and mapped by a host
+  linear encoder to the chip's input width. (Paper silent: binning and encoder are our choice.)
+- **Dynamic threshold cues**: the threshold of layer l at step t+1 rises with the information of
+  layer l's own output at step t and with the GLP cue,
+  ``theta_{t+1,l} = vth * (softplus(a_l) H(p_{t,l}) + softplus(c_l) g)``, where ``p`` is the layer's
+  firing fraction, ``H`` the binary entropy in bits, and ``g = mean(sigmoid(P)) - 1/2`` per sample.
+  Only layer l's own spikes are used, so the cue needs no information from deeper layers.
+- **TSF** (time-step factors): ``out = sum_t softmax_t(w . s_L[t] + beta_t) s_L[t]`` instead of the
+  plain mean over T (ablation: ``tsf = False``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stft_neuro.config import SpikingConfig
+from stft_neuro.model.spiking import ChipNetwork
+from stft_neuro.sim.backend import SpikingBackend
+
+
+def valid_mask(lengths: Tensor, seconds: int) -> Tensor:
+    """(B,) lengths -> (B, S) bool, True on valid seconds."""
+    return torch.arange(seconds, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_max_mean(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Max and mean of ``x`` (B, S, D) over valid seconds ``mask`` (B, S) -> two (B, D)."""
+    m = mask[..., None].to(x.dtype)
+    mean = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+    mx = x.masked_fill(~mask[..., None], float("-inf")).amax(1)
+    return mx, mean
+
+
+def bin_matrix(lengths: Tensor, seconds: int, steps: int) -> Tensor:
+    """(B, T, S) averaging matrix: row t averages the seconds of bin t of each sample's length.
+
+    Bin t covers seconds ``[floor(t L / T), max(floor(t L / T) + 1, floor((t+1) L / T)))``.
+    """
+    t = torch.arange(steps, device=lengths.device, dtype=torch.float64)
+    L = lengths.to(torch.float64)[:, None]
+    start = torch.floor(t[None] * L / steps)
+    stop = torch.maximum(start + 1, torch.floor((t[None] + 1) * L / steps))
+    s = torch.arange(seconds, device=lengths.device, dtype=torch.float64)
+    inside = (s[None, None] >= start[..., None]) & (s[None, None] < stop[..., None])
+    w = inside.to(torch.float32)
+    return w / w.sum(-1, keepdim=True)
+
+
+class GLP(nn.Module):
+    """Global-local pooling of one modality: (B, S, D), mask -> P (B, D)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        p_max, p_avg = masked_max_mean(x, mask)
+        return 0.5 * (p_max + p_avg) + self.b * p_max + (1.0 - self.b) * p_avg
+
+
+def binary_entropy_bits(p: Tensor) -> Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+
+
+@dataclass
+class SpikeRecord:
+    """What the host received from the chip: per-layer spikes (T, B, n_l) and the thetas it sent."""
+
+    spikes: tuple[Tensor, ...]
+    theta: Tensor | None  # (T, B, L)
+
+
+class SpikingBranch(nn.Module):
+    """Host encoding + chip network + TSF readout: features -> temporal vector (B, n_L)."""
+
+    def __init__(self, audio_dim: int, visual_dim: int, cfg: SpikingConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = audio_dim + visual_dim
+        self.audio_dim = audio_dim
+        self.norm = nn.LayerNorm(d)
+        self.glp_audio = GLP() if cfg.glp else None
+        self.glp_visual = GLP() if cfg.glp else None
+        self.encoder = nn.Linear(d, cfg.input_dim)
+        self.chip = ChipNetwork((cfg.input_dim, *cfg.hidden), cfg.du, cfg.dv, cfg.threshold,
+                                cfg.surrogate_slope)
+        n_layers = len(cfg.hidden)
+        if cfg.dynamic_threshold:
+            self.cue_info = nn.Parameter(torch.full((n_layers,), -1.0))
+            self.cue_glp = nn.Parameter(torch.full((n_layers,), -1.0))
+        if cfg.tsf:
+            self.tsf_score = nn.Linear(cfg.hidden[-1], 1)
+            self.tsf_step_bias = nn.Parameter(torch.zeros(cfg.num_steps))
+
+    @property
+    def out_dim(self) -> int:
+        return self.cfg.hidden[-1]
+
+    def encode(self, audio: Tensor, visual: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """-> input currents x (T, B, input_dim) and GLP cue g (B,) (zeros without GLP)."""
+        seconds = audio.shape[1]
+        mask = valid_mask(lengths, seconds)
+        feats = self.norm(torch.cat([audio, visual], dim=-1))  # (B, S, D)
+        binned = bin_matrix(lengths, seconds, self.cfg.num_steps) @ feats  # (B, T, D)
+        if self.glp_audio is not None:
+            da = self.audio_dim
+            p = torch.cat([self.glp_audio(feats[..., :da], mask),
+                           self.glp_visual(feats[..., da:], mask)], dim=-1)  # (B, D)
+            gate = torch.sigmoid(p)
+            binned = binned * (1.0 + gate[:, None, :])
+            g = gate.mean(-1) - 0.5
+        else:
+            g = feats.new_zeros(feats.shape[0])
+        x = self.encoder(binned).transpose(0, 1)  # (T, B, input_dim)
+        return x.contiguous(), g
+
+    def threshold_cue(self, spikes_t: tuple[Tensor, ...], g: Tensor) -> Tensor:
+        """Threshold modulation for the next step from this step's spikes: (B, L)."""
+        rates = torch.stack([s.mean(-1) for s in spikes_t], dim=-1)  # (B, L)
+        info = binary_entropy_bits(rates)
+        theta = F.softplus(self.cue_info) * info + F.softplus(self.cue_glp) * g[:, None]
+        return self.cfg.threshold * theta
+
+    def initial_cue(self, g: Tensor) -> Tensor:
+        """Threshold modulation at step 0 (no output yet, so only the GLP cue): (B, L)."""
+        return self.cfg.threshold * F.softplus(self.cue_glp) * g[:, None]
+
+    def drive(self, x: Tensor, g: Tensor, backend: SpikingBackend) -> SpikeRecord:
+        """Run the chip through the step contract; closed loop when thresholds are dynamic."""
+        if not self.cfg.dynamic_threshold:
+            spikes, _ = backend.run(x, None)
+            return SpikeRecord(spikes=spikes, theta=None)
+        state = backend.reset(x.shape[1])
+        theta_t = self.initial_cue(g)
+        per_step, thetas = [], []
+        for t in range(x.shape[0]):
+            thetas.append(theta_t)
+            spikes_t, state = backend.step(x[t], theta_t, state)
+            per_step.append(spikes_t)
+            theta_t = self.threshold_cue(spikes_t, g)
+        spikes = tuple(torch.stack([s[l] for s in per_step]) for l in range(len(per_step[0])))
+        return SpikeRecord(spikes=spikes, theta=torch.stack(thetas))
+
+    def readout(self, out_spikes: Tensor) -> Tensor:
+        """TSF (or mean) over steps of the last layer's spikes (T, B, n_L) -> (B, n_L)."""
+        if not self.cfg.tsf:
+            return out_spikes.mean(0)
+        scores = self.tsf_score(out_spikes).squeeze(-1) + self.tsf_step_bias[:, None]  # (T, B)
+        weights = torch.softmax(scores, dim=0)
+        return (weights[..., None] * out_spikes).sum(0)
+
+    def forward(self, audio: Tensor, visual: Tensor, lengths: Tensor,
+                backend: SpikingBackend | None = None) -> tuple[Tensor, SpikeRecord]:
+        x, g = self.encode(audio, visual, lengths)
+        record = self.drive(x, g, backend if backend is not None else self.chip)
+        return self.readout(record.spikes[-1]), record

@@ -1,0 +1,230 @@
+"""Training with the AVCA two-stage protocol, resumable and deterministic on CPU.
+
+Stage 1 trains on ``stage_1_train`` and, after every epoch, evaluates on ``stage_1_val_{seen,unseen}``
+with the calibration b chosen there (``protocol.calibrate``); the epoch with the best validation HM
+and its b are kept. Stage 2 retrains a fresh model (same seed) on ``stage_2_train`` for that many
+epochs and tests on ``stage_2_test_{seen,unseen}`` with the stage-1 b. (AVCA, Mercea et al. 2022.)
+
+Determinism: every epoch reseeds torch from ``(seed, stage, epoch)`` and shuffles with a generator
+seeded the same way, so a run resumed after epoch k continues exactly as if never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from stft_neuro import protocol
+from stft_neuro.checkpoint import FORMAT, read_json, save_weights, write_json
+from stft_neuro.config import Config
+from stft_neuro.data.benchmark import Benchmark, Split
+from stft_neuro.errors import CheckpointError
+from stft_neuro.model.losses import stft_loss
+from stft_neuro.model.stft import STFT, embed_split
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from stft_neuro.errors import ConfigError
+        raise ConfigError("config: train.device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    return seed * 1_000_003 + stage * 10_007 + epoch
+
+
+def make_model(cfg: Config, bench: Benchmark) -> STFT:
+    split = bench.splits["stage_1_train"]
+    return STFT(cfg, split.audio.shape[-1], split.visual.shape[-1])
+
+
+def evaluate_split_pair(model: STFT, bench: Benchmark, stage: int, device: torch.device,
+                        bias: float | None = None) -> protocol.GZSLMetrics:
+    """S/U/HM/ZSL on a stage's seen/unseen evaluation splits; calibrates b when ``bias`` is None."""
+    names = ("stage_1_val_seen", "stage_1_val_unseen") if stage == 1 else \
+        ("stage_2_test_seen", "stage_2_test_unseen")
+    seen_split, unseen_split = bench.splits[names[0]], bench.splits[names[1]]
+    emb_seen = embed_split(model, seen_split.audio, seen_split.visual, seen_split.lengths, device=device)
+    emb_unseen = embed_split(model, unseen_split.audio, unseen_split.visual, unseen_split.lengths,
+                             device=device)
+    with torch.no_grad():
+        class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings, device=device)).cpu()
+    args = (emb_seen.numpy(), seen_split.labels, emb_unseen.numpy(), unseen_split.labels,
+            class_emb.numpy(), bench.seen(stage), bench.unseen(stage))
+    if bias is None:
+        return protocol.calibrate(*args)
+    return protocol.gzsl_metrics(*args, bias=bias)
+
+
+@dataclass
+class Progress:
+    """Training progress, saved in meta.json after every epoch (the resume point)."""
+
+    stage: int = 1
+    epoch: int = 0  # epochs completed in this stage
+    best_epoch: int = 0
+    best_hm: float = -1.0
+    best_bias: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    done: bool = False
+
+
+def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: torch.Tensor,
+                opt: torch.optim.Optimizer, cfg: Config, device: torch.device, seed: int,
+                on_batch: Callable[[float], None] | None = None) -> dict[str, float]:
+    """One pass over ``split``; returns mean loss terms."""
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(split.labels), generator=gen).numpy()
+    totals: dict[str, float] = {}
+    batches = 0
+    bs = cfg.train.batch_size
+    for i in range(0, len(order), bs):
+        idx = np.sort(order[i:i + bs])
+        a = torch.as_tensor(split.audio[idx], device=device)
+        v = torch.as_tensor(split.visual[idx], device=device)
+        n = torch.as_tensor(split.lengths[idx], device=device)
+        y = torch.as_tensor(split.labels[idx], device=device)
+        out = model(a, v, n)
+        losses = stft_loss(out, model.embed_classes(w2v), w2v, y, cfg.train.margin, train_classes)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        opt.step()
+        for k, val in losses.items():
+            totals[k] = totals.get(k, 0.0) + float(val.detach())
+        batches += 1
+        if on_batch is not None:
+            on_batch(float(losses["total"].detach()))
+    return {k: v / max(batches, 1) for k, v in totals.items()}
+
+
+class Trainer:
+    """Runs both AVCA stages into a run folder; ``progress`` callbacks feed the CLI's bar."""
+
+    def __init__(self, cfg: Config, bench: Benchmark, run_dir: Path,
+                 on_epoch: Callable[[dict], None] | None = None,
+                 on_batch: Callable[[float], None] | None = None) -> None:
+        self.cfg, self.bench, self.run_dir = cfg, bench, Path(run_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.on_epoch, self.on_batch = on_epoch, on_batch
+        self.w2v = torch.as_tensor(bench.class_embeddings, device=self.device)
+
+    # -- run folder -------------------------------------------------------------------------
+    def _meta(self, progress: Progress, metrics: dict | None = None) -> dict:
+        split = self.bench.splits["stage_1_train"]
+        meta = {"format": FORMAT, "audio_dim": int(split.audio.shape[-1]),
+                "visual_dim": int(split.visual.shape[-1]), "class_names": list(self.bench.class_names),
+                "benchmark": self.bench.name, "progress": dataclasses.asdict(progress)}
+        if metrics is not None:
+            meta["metrics"] = metrics
+        return meta
+
+    def _save(self, model: STFT, opt, sched, progress: Progress) -> None:
+        save_weights(model, self.run_dir / "last.safetensors")
+        tmp = self.run_dir / "last_optim.pt.tmp"
+        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict() if sched else None}, tmp)
+        tmp.replace(self.run_dir / "last_optim.pt")
+        write_json(self.run_dir / "meta.json", self._meta(progress))
+
+    def _restore(self, model: STFT, opt, sched) -> Progress:
+        meta = read_json(self.run_dir / "meta.json", "metadata")
+        progress = Progress(**meta["progress"])
+        if progress.epoch > 0:
+            from safetensors.torch import load_file
+            model.load_state_dict(load_file(str(self.run_dir / "last.safetensors"), device=str(self.device)))
+            state = torch.load(self.run_dir / "last_optim.pt", map_location=self.device, weights_only=True)
+            opt.load_state_dict(state["opt"])
+            if sched is not None and state["sched"] is not None:
+                sched.load_state_dict(state["sched"])
+        return progress
+
+    def _fresh(self, stage: int):
+        seed_everything(self.cfg.train.seed)
+        model = make_model(self.cfg, self.bench).to(self.device)
+        opt = torch.optim.Adam(model.parameters(), lr=self.cfg.train.lr,
+                               weight_decay=self.cfg.train.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", patience=self.cfg.train.plateau_patience) if stage == 1 else None
+        return model, opt, sched
+
+    # -- the protocol -----------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        stages = {"both": (1, 2), "1": (1,), "2": (2,)}[self.cfg.train.stages]
+        progress = Progress(stage=stages[0])
+        if resume and (self.run_dir / "meta.json").exists():
+            progress = Progress(**read_json(self.run_dir / "meta.json", "metadata")["progress"])
+            if progress.done:
+                return read_json(self.run_dir / "metrics.json", "metrics")
+        results: dict = {}
+        for stage in stages:
+            if stage < progress.stage:
+                continue
+            model, opt, sched = self._fresh(stage)
+            if resume and progress.stage == stage and progress.epoch > 0:
+                progress = self._restore(model, opt, sched)
+            epochs = self.cfg.train.epochs if stage == 1 or len(stages) == 1 else max(progress.best_epoch, 1)
+            split = self.bench.splits[f"stage_{stage}_train"]
+            train_classes = torch.as_tensor(np.unique(split.labels), device=self.device)
+            while progress.epoch < epochs:
+                seed = epoch_seed(self.cfg.train.seed, stage, progress.epoch)
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                losses = train_epoch(model, split, self.w2v, train_classes, opt, self.cfg,
+                                     self.device, seed, self.on_batch)
+                seconds = time.perf_counter() - t0
+                progress.epoch += 1
+                row = {"stage": stage, "epoch": progress.epoch, "seconds": seconds,
+                       "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()}}
+                if stage == 1:
+                    val = evaluate_split_pair(model, self.bench, 1, self.device)
+                    row.update({f"val_{k}": v for k, v in val.to_dict().items()})
+                    sched.step(val.HM)
+                    if val.HM > progress.best_hm:
+                        progress.best_hm, progress.best_epoch, progress.best_bias = val.HM, progress.epoch, val.bias
+                        save_weights(model, self.run_dir / "stage1_best.safetensors")
+                progress.history.append(row)
+                self._save(model, opt, sched, progress)
+                if self.on_epoch is not None:
+                    self.on_epoch(row)
+            if stage == 1:
+                results["stage1_val"] = {"best_epoch": progress.best_epoch, "HM": progress.best_hm,
+                                         "bias": progress.best_bias}
+                if len(stages) == 1:
+                    from safetensors.torch import load_file
+                    model.load_state_dict(load_file(str(self.run_dir / "stage1_best.safetensors")))
+                    results["stage1_val_metrics"] = evaluate_split_pair(
+                        model, self.bench, 1, self.device, progress.best_bias).to_dict()
+            else:
+                results["stage2_test"] = evaluate_split_pair(model, self.bench, 2, self.device,
+                                                             progress.best_bias).to_dict()
+            save_weights(model, self.run_dir / "model.safetensors")
+            if stage != stages[-1]:
+                progress = dataclasses.replace(progress, stage=stage + 1, epoch=0)
+                self._save(model, opt, sched, progress)
+        progress.done = True
+        write_json(self.run_dir / "metrics.json", results)
+        write_json(self.run_dir / "meta.json", self._meta(progress, results))
+        return results
+
+
+def check_resumable(run_dir: Path) -> None:
+    if not (run_dir / "meta.json").is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: no meta.json there (not a stft-neuro run)")
