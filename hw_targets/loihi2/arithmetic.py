@@ -1,0 +1,352 @@
+"""Loihi 2's fixed-point Dense + LIF arithmetic in torch, bit-exact with Lava's ``fixed_pt`` models.
+
+One definition of the integer arithmetic, used three ways:
+
+1. **Quantization-aware training / torch deploy mode**: inputs are float tensors that hold integer
+   values (e.g. weights from :func:`~stft_neuro.hw_targets.loihi2.quantize.fake_quantize_weight`).
+   The forward pass is exact; every rounding, shift, wrap and clip has a straight-through backward
+   (the gradient of ``y = round(k * x)`` is ``k``; of a wrap/clip, 1). The spike nonlinearity is the
+   caller's ``spike_fn`` (a surrogate-gradient Heaviside), applied to ``v - (vth_eff << 6)``.
+2. **Tests**: stepping :func:`chip_step` over T steps must equal ``ReferenceSimulator`` and Lava.
+3. **Documentation**: the order of operations below *is* Lava's (lava-nc 0.10.0,
+   ``lava/proc/dense/models.py`` ``AbstractPyDenseModelBitAcc.run_spk`` and
+   ``lava/proc/lif/models.py`` ``AbstractPyLifModelFixed.subthr_dynamics`` / ``PyLifModelBitAcc``).
+
+Per step, per layer (all integers; constants from ``constants.py``)::
+
+    # LIF (receives a = the Dense output computed at the previous step)
+    u = trunc(u * (4096 - (du + 1)) / 4096)          # toward zero; ds_offset = 1
+    u = u + (a << 6)                                  # act_shift
+    u = u - 2**24 if u > 2**23 else u + 2**24 if u <= -2**23 else u     # wrap (once)
+    v = trunc(v * (4096 - dv) / 4096)                 # dm_offset = 0
+    v = clip(v + u + bias, -(2**23) + 1, 2**23 - 1)   # bias = bias_mant << bias_exp, NOT << 6
+    s = v > ((vth + theta) << 6)                      # theta = STFT threshold modulation (0: Lava)
+    v = 0 where s                                     # hard reset
+    # Dense (computes what the next layer's LIF receives at the *next* step)
+    a_next = floor((W @ s_in) * 2**weight_exp)        # numpy left/right shift; W Lava-effective
+
+Float <-> integer correspondence (Lava's ``floating_pt`` LIF: ``u = u*(1-du_f) + a_f``,
+``v = v*(1-dv_f) + u + b_f``, spike ``v > vth_f``, with ``a_f = W_f @ s_prev``). Pick a per-layer
+state scale ``S`` (integer LSBs of u and v per float unit; ``quantize.py`` chooses it):
+
+- ``u_int = S * u_f``, ``v_int = S * v_f``, ``bias_mant << bias_exp = S * b_f`` (no ``<< 6``),
+- ``vth << 6 = S * vth_f``, i.e. ``vth = S * vth_f / 64``; a threshold modulation of ``theta_f``
+  float units is ``theta = S * theta_f / 64`` mantissa units,
+- ``(W_int << weight_exp) << 6 = S * W_f * in_scale`` where ``in_scale`` is the float value of one
+  payload LSB of the layer's input (1 for binary spikes; the host input's quantization step for the
+  graded first layer),
+- ``du + 1 = 4096 * du_f`` and ``dv = 4096 * dv_f`` (rounded; so ``du_f = 0`` and ``dv_f = 1`` are
+  not representable: the nearest are 1/4096 and 4095/4096).
+
+Preconditions (guaranteed by ``quantize.py`` and checked by the design rules, not here): weights
+are Lava-effective (:func:`lava_effective_weights` is the identity on them), ``|a| < 2**25`` so that
+``a << 6`` fits Lava's int32, and Dense accumulations fit in int32.
+
+Float tensors are computed internally in float64 (exact for all integers below 2**53: the decay
+product ``u * 4095`` needs 36 bits) and returned in the input dtype; integer tensors in int64.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from stft_neuro.hw_targets.loihi2 import constants as C
+from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
+from stft_neuro.sim.backend import ChipState
+
+SpikeFn = Callable[[Tensor], Tensor]
+
+#: Largest integer up to which every float32 integer (and every partial sum of a float32 matmul
+#: whose partial sums stay within it) is exact.
+FLOAT32_EXACT_MAX: int = 2 ** 24
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights (numpy; what Lava's Dense does to the weights it is given, once, at its first step)
+# ----------------------------------------------------------------------------------------------
+
+def weight_sign_mode(weight: np.ndarray) -> str:
+    """``"excitatory"`` (all >= 0, incl. all zero), ``"inhibitory"`` (all <= 0) or ``"mixed"``.
+
+    Lava: ``lava/utils/weightutils.py`` ``determine_sign_mode`` (l.21-43).
+    """
+    w = np.asarray(weight)
+    if w.min() >= 0:
+        return "excitatory"
+    if w.max() <= 0:
+        return "inhibitory"
+    return "mixed"
+
+
+def weight_range(sign_mode: str) -> tuple[int, int, int]:
+    """``(min, max, step)`` of the weights Lava's Dense keeps unchanged in ``sign_mode``."""
+    if sign_mode == "excitatory":
+        return 0, C.WEIGHT_MAX_UNSIGNED, 1
+    if sign_mode == "inhibitory":
+        return -C.WEIGHT_MAX_UNSIGNED, 0, 1
+    if sign_mode == "mixed":
+        return C.WEIGHT_MIN_MIXED, C.WEIGHT_MAX_MIXED, C.WEIGHT_MIXED_STEP
+    raise ValueError(f"weight_range: unknown sign_mode {sign_mode!r}")
+
+
+def lava_effective_weights(weight: np.ndarray) -> np.ndarray:
+    """The int64 weights Lava's fixed_pt Dense actually uses for ``weight`` (8-bit, default sign mode).
+
+    Reproduces ``clip_weights(w, mode, num_bits=8)`` then ``truncate_weights(w, mode, 8)``
+    (``lava/proc/dense/models.py`` l.83-90): the sign mode comes from the whole matrix; mixed-sign
+    weights are clipped to ``[-256, 255]`` and floored to even values; one-signed weights are
+    clipped to ``[0, 255]`` / ``[-255, 0]``. Non-integer input is truncated toward zero first, as
+    Lava's int32 ``Var`` does.
+    """
+    w = np.trunc(np.asarray(weight, dtype=np.float64)).astype(np.int64)
+    mode = weight_sign_mode(w)
+    lo, hi, _ = weight_range("mixed" if mode == "mixed" else "excitatory")
+    if mode == "inhibitory":
+        return -np.clip(-w, 0, C.WEIGHT_MAX_UNSIGNED)
+    w = np.clip(w, lo, C.WEIGHT_MAX_UNSIGNED if mode == "mixed" else hi)
+    if mode == "mixed":
+        w = (w >> 1) << 1  # truncate_weights: one bit for the sign (floor, as numpy >>)
+    return w
+
+
+def effective_bias(bias_mant: np.ndarray, bias_exp: int) -> np.ndarray:
+    """``bias_mant << bias_exp`` (right shift = floor for a negative exponent), int64.
+
+    Lava: ``AbstractPyLifModelFixed.scale_bias`` (``lava/proc/lif/models.py`` l.110-122).
+    """
+    b = np.asarray(bias_mant).astype(np.int64)
+    e = int(bias_exp)
+    return b << e if e >= 0 else b >> (-e)
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise integer operations with straight-through gradients
+# ----------------------------------------------------------------------------------------------
+
+def _work(x: Tensor) -> Tensor:
+    """The exact working dtype: float64 for float tensors, int64 for integer/bool tensors."""
+    return x.to(torch.float64) if x.is_floating_point() else x.to(torch.int64)
+
+
+def _ste(x: Tensor, exact: Tensor, slope: float | Tensor = 1.0) -> Tensor:
+    """Value ``exact``; gradient ``slope`` w.r.t. ``x`` (straight through)."""
+    if not (x.is_floating_point() and x.requires_grad):
+        return exact
+    lin = x.to(exact.dtype) * slope
+    return lin + (exact - lin).detach()
+
+
+def heaviside(x: Tensor) -> Tensor:
+    """The spike nonlinearity of Lava's LIF: 1 where ``x > 0`` (strictly), else 0; no gradient."""
+    return (x > 0).to(x.dtype if x.is_floating_point() else torch.int64)
+
+
+def shift_floor(x: Tensor, exp: int) -> Tensor:
+    """``x << exp`` for ``exp >= 0``, ``x >> -exp`` (floor, like numpy) for ``exp < 0``.
+
+    Straight-through gradient ``2**exp``. Lava: Dense ``a_buff`` (``dense/models.py`` l.103-107).
+    """
+    w = _work(x)
+    if exp >= 0:
+        y = w * (2 ** exp)
+    elif w.is_floating_point():
+        y = torch.floor(w / (2 ** -exp))
+    else:
+        y = torch.bitwise_right_shift(w, -exp)
+    return _ste(x, y, 2.0 ** exp).to(x.dtype if x.is_floating_point() else torch.int64)
+
+
+def decay(x: Tensor, decay_const: int) -> Tensor:
+    """``trunc(x * (4096 - decay_const) / 4096)``: Lava's decay, rounded toward zero.
+
+    ``decay_const`` is ``du + ds_offset`` for u, ``dv + dm_offset`` for v
+    (``lif/models.py`` l.145-153, l.174-184). Straight-through gradient ``(4096 - decay_const)/4096``.
+    """
+    keep = C.DECAY_UNITY - int(decay_const)
+    w = _work(x)
+    p = w * keep
+    if p.is_floating_point():
+        y = torch.trunc(p / C.DECAY_UNITY)
+    else:
+        y = torch.sign(p) * torch.bitwise_right_shift(p.abs(), C.DECAY_SHIFT)
+    return _ste(x, y, keep / C.DECAY_UNITY).to(x.dtype if x.is_floating_point() else torch.int64)
+
+
+def wrap_u(u: Tensor) -> Tensor:
+    """Lava's single wrap of u into ``(-2**23, 2**23]`` (``lif/models.py`` l.161-170); gradient 1."""
+    y = torch.where(u > C.UV_MAX_VAL, u - C.U_WRAP, u)
+    y = torch.where(y <= -C.UV_MAX_VAL, y + C.U_WRAP, y)
+    return _ste(u, y)
+
+
+def clip_v(v: Tensor) -> Tensor:
+    """Lava's saturation of v to ``[-(2**23) + 1, 2**23 - 1]`` (``lif/models.py`` l.186); gradient 1."""
+    return _ste(v, v.clamp(C.V_MIN, C.V_MAX))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense and LIF
+# ----------------------------------------------------------------------------------------------
+
+def matmul_is_float32_exact(n_in: int, payload_max: int,
+                            weight_max: int = -C.WEIGHT_MIN_MIXED) -> bool:
+    """Whether ``s @ W.T`` in float32 is exact for every input: every partial sum is an integer of
+    magnitude ``<= n_in * payload_max * weight_max <= 2**24`` (then no rounding can occur, in any
+    summation order, on any BLAS; TF32 must be off on CUDA)."""
+    return n_in * payload_max * weight_max <= FLOAT32_EXACT_MAX
+
+
+def dense(s: Tensor, weight: Tensor, weight_exp: int, payload_max: int = 1) -> Tensor:
+    """Lava's fixed_pt Dense accumulation: ``floor((s @ weight.T) * 2**weight_exp)``.
+
+    Args:
+        s: ``(B, n_in)`` spikes (0/1) or graded payloads, integer-valued.
+        weight: ``(n_out, n_in)`` Lava-effective integer weights (float holding ints for QAT).
+        weight_exp: Dense weight exponent.
+        payload_max: largest ``|s|`` (1 for binary spikes); decides whether float32 is exact
+            (:func:`matmul_is_float32_exact`); otherwise the product is computed in float64.
+
+    Returns ``(B, n_out)`` in ``s``'s dtype (float) or int64 (integer input). Gradients flow to
+    ``s`` and ``weight`` through the matmul and straight through the shift (slope ``2**weight_exp``).
+    """
+    if s.is_floating_point() or weight.is_floating_point():
+        dt = s.dtype if s.is_floating_point() else weight.dtype
+        if dt != torch.float64 and not matmul_is_float32_exact(weight.shape[1], payload_max):
+            dt = torch.float64
+        acc = s.to(dt) @ weight.to(dt).T
+        return shift_floor(acc, weight_exp).to(s.dtype if s.is_floating_point() else dt)
+    acc = (s.to(torch.float64) @ weight.to(torch.float64).T).to(torch.int64)  # exact < 2**53
+    return shift_floor(acc, weight_exp)
+
+
+def lif_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tensor,
+             vth: int | Tensor, spike_fn: SpikeFn = heaviside, detach_reset: bool = True
+             ) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of Lava's ``PyLifModelBitAcc`` with a per-sample threshold.
+
+    Args:
+        a_in: ``(B, n)`` Dense output computed at the previous step (Lava's ``a_in``).
+        u, v: ``(B, n)`` current and voltage (24-bit integers).
+        du, dv: 12-bit decays (Lava units; ``du`` gets ``ds_offset = 1`` added here).
+        bias: ``(n,)`` effective bias ``bias_mant << bias_exp`` (:func:`effective_bias`).
+        vth: effective threshold mantissa: an int, or a ``(B,)``/``(B, 1)`` tensor
+            ``vth + theta_t[:, l]`` (STFT's dynamic threshold; ``theta = 0`` is Lava's LIF).
+            Compared as ``v > vth << 6``.
+        spike_fn: maps ``v - (vth << 6)`` (in v's integer LSBs; divide by ``vth << 6`` yourself if
+            your surrogate wants a normalised argument) to spikes; must return exactly
+            ``(x > 0)`` in the forward pass.
+        detach_reset: if True, the reset ``v * (1 - s)`` does not backpropagate through ``s``.
+
+    Returns ``(s, u, v)`` in the dtype of ``u`` (``s`` in ``spike_fn``'s dtype).
+    """
+    out_dtype = u.dtype if u.is_floating_point() else torch.int64
+    u = decay(u, du + C.DS_OFFSET)
+    u = wrap_u(_work(u) + _work(a_in) * (2 ** C.ACT_SHIFT))
+    v = decay(v, dv + C.DM_OFFSET)
+    v = clip_v(_work(v) + u + _work(bias))
+    if isinstance(vth, Tensor):
+        thr = _work(vth).reshape(-1, 1) * (2 ** C.VTH_SHIFT)
+    else:
+        thr = int(vth) * (2 ** C.VTH_SHIFT)
+    s = spike_fn(v - thr)
+    keep = 1 - (s.detach() if detach_reset else s)
+    v = v * keep.to(v.dtype)
+    return s.to(out_dtype) if not s.is_floating_point() else s, u.to(out_dtype), v.to(out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole chip side, one step (the definition every backend must equal)
+# ----------------------------------------------------------------------------------------------
+
+class LayerArith(NamedTuple):
+    """One layer's parameters as :func:`chip_step` needs them.
+
+    ``weight``: ``(n_out, n_in)`` Lava-effective integer weights (float tensor holding ints for QAT,
+    e.g. ``fake_quantize_weight(...)``; int64 otherwise). ``bias``: ``(n_out,)`` effective bias
+    (``bias_mant << bias_exp``). ``payload_max``: largest ``|input|`` (1 for binary spikes).
+    """
+
+    weight: Tensor
+    weight_exp: int
+    du: int
+    dv: int
+    vth: int
+    bias: Tensor
+    payload_max: int = 1
+
+
+def payload_max(layer: FixedPointLayer) -> int:
+    """Largest ``|payload|`` the layer's Dense receives: 1 (binary) or ``2**(num_message_bits-1)``."""
+    return 1 if layer.num_message_bits == 0 else 2 ** (layer.num_message_bits - 1)
+
+
+def layer_arith(layer: FixedPointLayer, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float64) -> LayerArith:
+    """:class:`LayerArith` of a :class:`FixedPointLayer` (weights made Lava-effective)."""
+    return LayerArith(
+        weight=torch.as_tensor(lava_effective_weights(layer.weight), device=device).to(dtype),
+        weight_exp=int(layer.weight_exp), du=int(layer.du), dv=int(layer.dv), vth=int(layer.vth),
+        bias=torch.as_tensor(effective_bias(layer.bias_mant, layer.bias_exp),
+                             device=device).to(dtype),
+        payload_max=payload_max(layer))
+
+
+def network_arith(network: FixedPointNetwork, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float64) -> tuple[LayerArith, ...]:
+    return tuple(layer_arith(layer, device, dtype) for layer in network.layers)
+
+
+def zero_state(layers: Sequence[LayerArith], batch: int, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> ChipState:
+    """All-zero :class:`ChipState` (Lava's initial u, v and ``a_buff``)."""
+    dtype = dtype or layers[0].weight.dtype
+    device = device or layers[0].weight.device
+    z = tuple(torch.zeros(batch, lay.weight.shape[0], dtype=dtype, device=device) for lay in layers)
+    return ChipState(u=z, v=tuple(t.clone() for t in z), a=tuple(t.clone() for t in z))
+
+
+def chip_step(x_t: Tensor, theta_t: Tensor | None, state: ChipState,
+              layers: Sequence[LayerArith], spike_fn: SpikeFn = heaviside,
+              detach_reset: bool = True) -> tuple[tuple[Tensor, ...], ChipState]:
+    """One timestep of the Dense -> LIF stack, as Lava runs it (the step contract of
+    ``sim/backend.py``).
+
+    Args:
+        x_t: ``(B, n_in)`` graded-spike payloads from the host (integers).
+        theta_t: ``(B, L)`` threshold modulation in mantissa units, or None (zero).
+        state: ``ChipState``; ``state.a[l]`` is what LIF ``l`` receives now (Dense delay).
+        layers: per-layer parameters (:func:`network_arith`, or QAT tensors).
+
+    Returns ``(spikes, new_state)``; ``spikes[l]`` is ``(B, n_l)``.
+    """
+    spikes, us, vs, as_ = [], [], [], []
+    inp = x_t
+    for l, lay in enumerate(layers):
+        vth = lay.vth if theta_t is None else lay.vth + theta_t[:, l]
+        s, u, v = lif_step(state.a[l], state.u[l], state.v[l], du=lay.du, dv=lay.dv,
+                           bias=lay.bias, vth=vth, spike_fn=spike_fn, detach_reset=detach_reset)
+        a_next = dense(inp, lay.weight, lay.weight_exp, lay.payload_max)
+        spikes.append(s)
+        us.append(u)
+        vs.append(v)
+        as_.append(a_next.to(u.dtype))
+        inp = s
+    return tuple(spikes), ChipState(u=tuple(us), v=tuple(vs), a=tuple(as_))
+
+
+def chip_run(x: Tensor, theta: Tensor | None, state: ChipState | None,
+             layers: Sequence[LayerArith], spike_fn: SpikeFn = heaviside,
+             detach_reset: bool = True) -> tuple[tuple[Tensor, ...], ChipState]:
+    """T calls of :func:`chip_step`; ``x``: ``(T, B, n_in)``, ``theta``: ``(T, B, L)`` or None."""
+    if state is None:
+        state = zero_state(layers, x.shape[1], dtype=x.dtype if x.is_floating_point() else None,
+                           device=x.device)
+    per_step = []
+    for t in range(x.shape[0]):
+        s, state = chip_step(x[t], None if theta is None else theta[t], state, layers,
+                             spike_fn, detach_reset)
+        per_step.append(s)
+    return tuple(torch.stack([p[l] for p in per_step]) for l in range(len(layers))), state
