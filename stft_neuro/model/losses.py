@@ -30,6 +30,8 @@ Choices where the paper is silent:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -48,11 +50,11 @@ def euclidean_distances(x: Tensor, y: Tensor) -> Tensor:
 
 
 def triplet_loss(anchor: Tensor, class_emb: Tensor, labels: Tensor, margin: float,
-                 candidates: Tensor | None = None) -> Tensor:
+                 candidates: Tensor | Sequence[int] | None = None) -> Tensor:
     """Class triplet loss: ``mean_b relu(d(a_b, c_{y_b}) - min_{k != y_b, k in cand} d(a_b, c_k) + margin)``.
 
     ``anchor (B, E)``; ``class_emb (C, E)``; ``labels (B,)`` int class indices into ``class_emb``;
-    ``candidates``: int tensor of class indices allowed as negatives (the training classes), or
+    ``candidates``: int tensor (or sequence) of class indices allowed as negatives (the training classes), or
     ``None`` for all ``C``. Returns a scalar. Raises :class:`UserError` if a sample has no negative.
     """
     if anchor.dim() != 2 or class_emb.dim() != 2 or anchor.shape[1] != class_emb.shape[1]:
@@ -68,7 +70,7 @@ def triplet_loss(anchor: Tensor, class_emb: Tensor, labels: Tensor, margin: floa
     if candidates is None:
         allowed[:] = True
     else:
-        allowed[candidates.long().to(anchor.device)] = True
+        allowed[torch.as_tensor(candidates, device=anchor.device).long()] = True
     classes = torch.arange(num_classes, device=anchor.device)
     negatives = allowed[None, :] & (classes[None, :] != labels[:, None])  # (B, C)
     if not bool(negatives.any(dim=1).all()):
@@ -92,7 +94,8 @@ _OUT_KEYS = ("joint", "audio_emb", "visual_emb", "recon")
 
 
 def stft_loss(out: dict[str, Tensor], text_emb: Tensor, w2v: Tensor, labels: Tensor, margin: float,
-              train_classes: Tensor | None, modality_triplets: bool = True) -> dict[str, Tensor]:
+              train_classes: Tensor | Sequence[int] | None,
+              modality_triplets: bool = True) -> dict[str, Tensor]:
     """All training losses; ``total = 0.5 triplet + 0.5 (projection + reconstruction)``.
 
     ``out``: ``joint``, ``audio_emb``, ``visual_emb`` ``(B, E)`` and ``recon (B, 300)``; ``text_emb
