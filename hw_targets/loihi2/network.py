@@ -22,10 +22,12 @@ class FixedPointLayer:
 
     Attributes:
         name: layer name, used in reports and design-rule messages (e.g. ``"lif1"``).
-        weight: ``(n_out, n_in)`` integer weight mantissas (Loihi: 8-bit signed).
-        weight_exp: weight exponent; the Dense output is ``(weight @ s) << (6 + weight_exp)``
-            before the LIF adds it to ``u`` (see ``arithmetic.py`` for the exact order).
-        du: current decay, 12-bit (``u *= (4096 - du) / 4096`` per step, rounded as Lava does).
+        weight: ``(n_out, n_in)`` integer weights as given to Lava's ``Dense``. Lava keeps
+            ``[-256, 254]`` even values when signs are mixed (an 8-bit signed mantissa times 2),
+            ``[0, 255]`` / ``[-255, 0]`` when one-signed (``arithmetic.lava_effective_weights``).
+        weight_exp: weight exponent; the Dense output is ``floor((weight @ s) * 2**weight_exp)``,
+            and the LIF adds it to ``u`` as ``a << 6`` (see ``arithmetic.py`` for the exact order).
+        du: current decay, 12-bit (``u *= (4096 - du - 1) / 4096`` per step, toward zero).
         dv: voltage decay, 12-bit.
         vth: threshold mantissa (Lava's ``vth``; compared against ``v`` after ``<< 6``).
         bias_mant: ``(n_out,)`` integer bias mantissas (13-bit signed).

@@ -33,7 +33,6 @@ All functions are pure: they return new objects and never modify their arguments
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -301,7 +300,3 @@ def qat_layer_arith(weight: Tensor, bias: Tensor, du: float, dv: float, threshol
     return LayerArith(weight=w_int, weight_exp=sc.weight_exp, du=du_i, dv=dv_i, vth=vth,
                       bias=b_int, payload_max=pmax), sc
 
-
-def _check_finite(name: str, value: float) -> None:  # pragma: no cover - small guard
-    if not math.isfinite(value):
-        raise ValueError(f"{name} is not finite: {value}")

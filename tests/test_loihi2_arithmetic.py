@@ -1,0 +1,122 @@
+"""The differentiable integer arithmetic: exact forward, straight-through backward, quantization."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stft_neuro.hw_targets.loihi2 import arithmetic as A
+from stft_neuro.hw_targets.loihi2 import constants as C
+from stft_neuro.hw_targets.loihi2 import quantize as Q
+from stft_neuro.sim.reference import ReferenceSimulator
+
+SETTINGS = settings(max_examples=50, deadline=None, derandomize=True)
+ints24 = st.integers(-C.UV_MAX_VAL + 1, C.UV_MAX_VAL)
+
+
+def lava_decay(x: int, d: int) -> int:
+    """Lava's decay written as its numpy code (lif/models.py l.149-153)."""
+    p = np.int64(x) * (C.DECAY_UNITY - d)
+    return int(np.sign(p) * np.right_shift(np.abs(p), C.DECAY_SHIFT))
+
+
+@SETTINGS
+@given(x=ints24, d=st.integers(0, C.DECAY_UNITY))
+def test_decay_is_lavas_in_float32_float64_and_int64(x, d):
+    want = lava_decay(x, d)
+    for dt in (torch.float32, torch.float64, torch.int64):
+        assert int(A.decay(torch.tensor([x], dtype=dt), d)) == want
+
+
+@SETTINGS
+@given(x=st.integers(-2 ** 30, 2 ** 30), e=st.integers(C.WEIGHT_EXP_MIN, C.WEIGHT_EXP_MAX))
+def test_shift_floor_is_numpy_shift(x, e):
+    want = int(np.left_shift(np.int64(x), e) if e >= 0 else np.right_shift(np.int64(x), -e))
+    for dt in (torch.float64, torch.int64):
+        assert int(A.shift_floor(torch.tensor([x], dtype=dt), e)) == want
+
+
+@SETTINGS
+@given(u=st.integers(-3 * C.UV_MAX_VAL + 1, 3 * C.UV_MAX_VAL))
+def test_wrap_u_is_lavas(u):
+    m = C.UV_MAX_VAL
+    w = u - 2 * m if u > m else u
+    w = u + 2 * m if w <= -m else w
+    assert int(A.wrap_u(torch.tensor([float(u)], dtype=torch.float64))) == w
+
+
+def test_straight_through_gradients():
+    x = torch.tensor([1000.0, -1000.0], dtype=torch.float32, requires_grad=True)
+    A.decay(x, 1024).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 3072 / 4096))
+    x.grad = None
+    A.shift_floor(x, -3).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 1 / 8))
+    w = torch.randn(4, 3, requires_grad=True)
+    q = Q.fake_quantize_weight(w, 50.0)
+    assert torch.equal(q, q.round()) and bool((q % 2 == 0).all())
+    q.sum().backward()
+    assert torch.allclose(w.grad, torch.full_like(w, 50.0))
+
+
+def _sigmoid_surrogate(x: torch.Tensor) -> torch.Tensor:
+    sig = torch.sigmoid(x / 256.0)
+    return (x > 0).to(x.dtype) + (sig - sig.detach())
+
+
+def _float_layers(seed: int, sizes=(16, 12, 8)):
+    rng = np.random.default_rng(seed)
+    return [Q.FloatLayer(name=f"lif{l}", weight=rng.normal(0, 0.5, (sizes[l + 1], sizes[l])),
+                         bias=rng.normal(0, 0.05, sizes[l + 1]), du=float(rng.uniform(0.05, 1)),
+                         dv=float(rng.uniform(0, 0.9)), threshold=float(rng.uniform(0.5, 2)))
+            for l in range(len(sizes) - 1)]
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10 ** 6))
+def test_qat_deploy_path_equals_reference_and_has_gradients(seed):
+    """The torch QAT path (qat_layer_arith + chip_run) == ReferenceSimulator(quantize_network)."""
+    layers_f = _float_layers(seed)
+    rng = np.random.default_rng(seed + 7)
+    x_f = torch.tensor(rng.normal(0, 1, (10, 3, 16)), dtype=torch.float32)
+    in_scale = Q.input_scale_for(float(x_f.abs().max()), 8)
+    net, report = Q.quantize_network(layers_f, in_scale, 8)
+    assert report.weights_saturated == 0
+    params = [torch.tensor(lay.weight, dtype=torch.float32, requires_grad=True) for lay in layers_f]
+    biases = [torch.tensor(lay.bias, dtype=torch.float32, requires_grad=True) for lay in layers_f]
+    arith = [Q.qat_layer_arith(w, b, lay.du, lay.dv, lay.threshold,
+                               in_scale if l == 0 else 1.0, 8 if l == 0 else 0)[0]
+             for l, (w, b, lay) in enumerate(zip(params, biases, layers_f))]
+    x_q = Q.quantize_input(x_f, in_scale, 8)
+    spikes, _ = A.chip_run(x_q, None, None, arith, spike_fn=_sigmoid_surrogate)
+    ref_spikes, _ = ReferenceSimulator(net).run(x_q.detach())
+    for a, b in zip(spikes, ref_spikes):
+        assert torch.equal(a.detach(), b)
+    sum(s.sum() for s in spikes).backward()
+    assert params[0].grad is not None and torch.isfinite(params[0].grad).all()
+
+
+def test_quantize_is_pure_and_within_limits():
+    layers_f = _float_layers(3)
+    before = copy.deepcopy(layers_f)
+    net, report = Q.quantize_network(layers_f, 0.01, 8)
+    for a, b in zip(layers_f, before):
+        np.testing.assert_array_equal(a.weight, b.weight)
+        np.testing.assert_array_equal(a.bias, b.bias)
+    for lay, info in zip(net.layers, report.layers):
+        np.testing.assert_array_equal(A.lava_effective_weights(lay.weight), lay.weight)
+        assert 0 <= lay.vth <= C.VTH_MAX and 0 <= lay.du <= C.DECAY_MAX and 0 <= lay.dv <= C.DECAY_MAX
+        assert C.WEIGHT_EXP_MIN <= lay.weight_exp <= C.WEIGHT_EXP_MAX
+        assert C.BIAS_EXP_MIN <= lay.bias_exp <= C.BIAS_EXP_MAX
+        assert np.abs(lay.bias_mant).max() <= C.BIAS_MANT_MAX + 1
+        assert info.threshold_error <= 0.5 / info.scales.threshold_scale + 1e-12
+    assert "lif0" in report.summary()
+
+
+def test_quantization_reports_saturation():
+    layers_f = _float_layers(4)
+    _, report = Q.quantize_network(layers_f, 0.01, 8, weight_clip_percentile=90.0)
+    assert report.weights_saturated > 0
