@@ -45,7 +45,7 @@ class DataConfig:
     max_seconds: int = 10
     audio_dim: int = 512
     visual_dim: int = 512
-    noise: float = 1.0
+    noise: float = 1.25  # per-second feature noise std of the synthetic generator (calibrated, see data/synthetic.py)
     generated_classes: int = 51
     generated_unseen: int = 9
     generated_val_unseen: int = 9

@@ -309,7 +309,7 @@ def zero_state(layers: Sequence[LayerArith], batch: int, dtype: torch.dtype | No
 
 
 def chip_step(x_t: Tensor, theta_t: Tensor | None, state: ChipState,
-              layers: Sequence[LayerArith], spike_fn: SpikeFn = heaviside,
+              layers: Sequence[LayerArith], spike_fn: SpikeFn | Sequence[SpikeFn] = heaviside,
               detach_reset: bool = True) -> tuple[tuple[Tensor, ...], ChipState]:
     """One timestep of the Dense -> LIF stack, as Lava runs it (the step contract of
     ``sim/backend.py``).
@@ -319,15 +319,18 @@ def chip_step(x_t: Tensor, theta_t: Tensor | None, state: ChipState,
         theta_t: ``(B, L)`` threshold modulation in mantissa units, or None (zero).
         state: ``ChipState``; ``state.a[l]`` is what LIF ``l`` receives now (Dense delay).
         layers: per-layer parameters (:func:`network_arith`, or QAT tensors).
+        spike_fn: one spike function for all layers, or one per layer (QAT normalises each
+            layer's surrogate by its own state scale).
 
     Returns ``(spikes, new_state)``; ``spikes[l]`` is ``(B, n_l)``.
     """
     spikes, us, vs, as_ = [], [], [], []
+    fns = [spike_fn] * len(layers) if callable(spike_fn) else list(spike_fn)
     inp = x_t
     for l, lay in enumerate(layers):
         vth = lay.vth if theta_t is None else lay.vth + theta_t[:, l]
         s, u, v = lif_step(state.a[l], state.u[l], state.v[l], du=lay.du, dv=lay.dv,
-                           bias=lay.bias, vth=vth, spike_fn=spike_fn, detach_reset=detach_reset)
+                           bias=lay.bias, vth=vth, spike_fn=fns[l], detach_reset=detach_reset)
         a_next = dense(inp, lay.weight, lay.weight_exp, lay.payload_max)
         spikes.append(s)
         us.append(u)
@@ -338,7 +341,7 @@ def chip_step(x_t: Tensor, theta_t: Tensor | None, state: ChipState,
 
 
 def chip_run(x: Tensor, theta: Tensor | None, state: ChipState | None,
-             layers: Sequence[LayerArith], spike_fn: SpikeFn = heaviside,
+             layers: Sequence[LayerArith], spike_fn: SpikeFn | Sequence[SpikeFn] = heaviside,
              detach_reset: bool = True) -> tuple[tuple[Tensor, ...], ChipState]:
     """T calls of :func:`chip_step`; ``x``: ``(T, B, n_in)``, ``theta``: ``(T, B, L)`` or None."""
     if state is None:

@@ -17,6 +17,12 @@ Shapes: B batch, S seconds (padded), D = Da + Dv feature width, T steps, L chip 
   ``theta_{t+1,l} = vth * (softplus(a_l) H(p_{t,l}) + softplus(c_l) g)``, where ``p`` is the layer's
   firing fraction, ``H`` the binary entropy in bits, and ``g = mean(sigmoid(P)) - 1/2`` per sample.
   Only layer l's own spikes are used, so the cue needs no information from deeper layers.
+- **Deploy mode** (``set_deploy(True)``, Loihi 2 arithmetic on the chip side): the host sends what
+  an integer backend takes. Input currents become ``input_bits`` graded payloads
+  (``round(x / input_scale)``, saturating; ``input_scale`` calibrated on data by
+  ``calibrate_input``), and threshold cues become integer mantissa offsets
+  (``round(theta * threshold_scale_l)``), clamped so that ``vth + theta`` stays within Loihi's
+  unsigned 17-bit threshold. Both round with straight-through gradients.
 - **TSF** (time-step factors): ``out = sum_t softmax_t(w . s_L[t] + beta_t) s_L[t]`` instead of the
   plain mean over T (ablation: ``tsf = False``).
 """
@@ -29,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stft_neuro.config import SpikingConfig
+from stft_neuro.hw_targets.loihi2 import constants as loihi2
+from stft_neuro.hw_targets.loihi2 import quantize
 from stft_neuro.model.spiking import ChipNetwork
 from stft_neuro.sim.backend import SpikingBackend
 
@@ -99,7 +107,7 @@ class SpikingBranch(nn.Module):
         self.glp_visual = GLP() if cfg.glp else None
         self.encoder = nn.Linear(d, cfg.input_dim)
         self.chip = ChipNetwork((cfg.input_dim, *cfg.hidden), cfg.du, cfg.dv, cfg.threshold,
-                                cfg.surrogate_slope)
+                                cfg.surrogate_slope, cfg.input_bits)
         n_layers = len(cfg.hidden)
         if cfg.dynamic_threshold:
             self.cue_info = nn.Parameter(torch.full((n_layers,), -1.0))
@@ -112,8 +120,36 @@ class SpikingBranch(nn.Module):
     def out_dim(self) -> int:
         return self.cfg.hidden[-1]
 
+    @property
+    def deploy(self) -> bool:
+        return self.chip.mode == "deploy"
+
+    def set_deploy(self, on: bool) -> None:
+        """Switch the chip side to Loihi 2 fixed-point arithmetic (QAT / deployment) or back."""
+        self.chip.set_mode("deploy" if on else "float")
+
+    @torch.no_grad()
+    def calibrate_input(self, audio: Tensor, visual: Tensor, lengths: Tensor,
+                        percentile: float = 99.9) -> float:
+        """Set the input payload scale from data: the ``percentile`` of |input current| maps to
+        the largest ``input_bits`` payload (larger currents saturate). Returns the scale."""
+        x = self.currents(audio, visual, lengths)[0]
+        ref = float(torch.quantile(x.abs().flatten().float()[:2_000_000], percentile / 100.0))
+        self.chip.input_scale.fill_(quantize.input_scale_for(ref, self.cfg.input_bits))
+        self.chip._deploy_cache = None
+        return float(self.chip.input_scale)
+
     def encode(self, audio: Tensor, visual: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """-> input currents x (T, B, input_dim) and GLP cue g (B,) (zeros without GLP)."""
+        """-> what the host sends each step, x (T, B, input_dim), and the GLP cue g (B,).
+
+        x are input currents (float mode) or graded payloads (deploy mode)."""
+        x, g = self.currents(audio, visual, lengths)
+        if self.deploy:
+            x = quantize.quantize_input(x, float(self.chip.input_scale), self.cfg.input_bits)
+        return x, g
+
+    def currents(self, audio: Tensor, visual: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """-> input currents (T, B, input_dim) and GLP cue g (B,) (zeros without GLP)."""
         seconds = audio.shape[1]
         mask = valid_mask(lengths, seconds)
         feats = self.norm(torch.cat([audio, visual], dim=-1))  # (B, S, D)
@@ -135,11 +171,20 @@ class SpikingBranch(nn.Module):
         rates = torch.stack([s.mean(-1) for s in spikes_t], dim=-1)  # (B, L)
         info = binary_entropy_bits(rates)
         theta = F.softplus(self.cue_info) * info + F.softplus(self.cue_glp) * g[:, None]
-        return self.cfg.threshold * theta
+        return self._to_chip_units(self.cfg.threshold * theta)
 
     def initial_cue(self, g: Tensor) -> Tensor:
         """Threshold modulation at step 0 (no output yet, so only the GLP cue): (B, L)."""
-        return self.cfg.threshold * F.softplus(self.cue_glp) * g[:, None]
+        return self._to_chip_units(self.cfg.threshold * F.softplus(self.cue_glp) * g[:, None])
+
+    def _to_chip_units(self, theta: Tensor) -> Tensor:
+        """Float threshold units -> integer mantissa offsets in deploy mode (identity otherwise)."""
+        if not self.deploy:
+            return theta
+        arith, scales = self.chip.deploy_arith()
+        k = theta.new_tensor([sc.threshold_scale for sc in scales])
+        vth = theta.new_tensor([a.vth for a in arith])
+        return quantize.fake_quantize_int(theta * k, None, None).clamp(-vth, loihi2.VTH_MAX - vth)
 
     def drive(self, x: Tensor, g: Tensor, backend: SpikingBackend) -> SpikeRecord:
         """Run the chip through the step contract; closed loop when thresholds are dynamic."""

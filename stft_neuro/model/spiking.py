@@ -17,15 +17,27 @@ Choices where the paper is silent: the spike's surrogate gradient is the sigmoid
 slope k (``SpikingConfig.surrogate_slope``); the reset is detached from the graph (as in snnTorch's
 default), so gradients flow through the membrane, not through the reset.
 
-Two arithmetic modes share this structure: ``"float"`` (training) and ``"deploy"`` (Loihi 2
-fixed-point arithmetic with straight-through gradients, added by the Loihi 2 target).
+Two arithmetic modes share this structure (``ChipNetwork.mode``):
+
+- ``"float"``: the equations above in float32 (Lava's ``floating_pt`` LIF); ``x_t`` are input
+  currents and ``theta_t`` is in threshold units.
+- ``"deploy"``: exactly what Lava's ``fixed_pt`` Dense and LIF compute
+  (``hw_targets/loihi2/arithmetic.py``), with the weights, bias, decays and threshold quantized
+  per forward pass from the float parameters (``quantize.qat_layer_arith``: straight-through
+  gradients, surrogate spikes normalised by each layer's state scale). ``x_t`` are graded-spike
+  payloads (integers in ``input_bits``) and ``theta_t`` threshold-mantissa offsets (integers), the
+  same inputs the reference simulator and Lava take; ``to_fixed_point()`` gives the network they run.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from stft_neuro.hw_targets.loihi2 import arithmetic, quantize
+from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
 from stft_neuro.sim.backend import ChipState, run_by_steps
+
+MODES = ("float", "deploy")
 
 
 class SigmoidSurrogateSpike(torch.autograd.Function):
@@ -57,8 +69,13 @@ class ChipNetwork(nn.Module):
     """
 
     def __init__(self, sizes: tuple[int, ...], du: float, dv: float, threshold: float,
-                 surrogate_slope: float) -> None:
+                 surrogate_slope: float, input_bits: int = 8) -> None:
         super().__init__()
+        self.mode = "float"
+        self.input_bits = int(input_bits)
+        # Float value of one input payload LSB (deploy mode); 0 until calibrated on data.
+        self.register_buffer("input_scale", torch.zeros(()))
+        self._deploy_cache: tuple | None = None
         if len(sizes) < 2:
             raise ValueError(f"ChipNetwork needs at least one layer, got sizes {sizes}")
         self._sizes = tuple(int(n) for n in sizes)
@@ -81,6 +98,47 @@ class ChipNetwork(nn.Module):
     def num_layers(self) -> int:
         return len(self._sizes) - 1
 
+    # -- deploy mode (Loihi 2 fixed point) ----------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"ChipNetwork.set_mode: mode must be one of {MODES}, got {mode!r}")
+        if mode == "deploy" and float(self.input_scale) <= 0:
+            raise ValueError("ChipNetwork: deploy mode needs input_scale (calibrate_input first)")
+        self.mode = mode
+
+    def float_layers(self) -> list[quantize.FloatLayer]:
+        return [quantize.FloatLayer(name=f"lif{l + 1}", weight=w.detach().cpu().double().numpy(),
+                                    bias=b.detach().cpu().double().numpy(), du=self.du, dv=self.dv,
+                                    threshold=self.threshold)
+                for l, (w, b) in enumerate(zip(self.weights, self.biases))]
+
+    def deploy_arith(self) -> tuple[list[arithmetic.LayerArith], list[quantize.LayerScales]]:
+        """Per-layer integer parameters (differentiable, straight-through) and their scales.
+
+        Cached until a weight, bias or the input scale changes (an optimizer step bumps versions).
+        """
+        key = tuple(p._version for p in (*self.weights, *self.biases)) + (float(self.input_scale),)
+        if self._deploy_cache is not None and self._deploy_cache[0] == key and torch.is_grad_enabled() \
+                == self._deploy_cache[1]:
+            return self._deploy_cache[2]
+        arith, scales = [], []
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            a, sc = quantize.qat_layer_arith(
+                w, b, self.du, self.dv, self.threshold,
+                in_scale=float(self.input_scale) if l == 0 else 1.0,
+                num_message_bits=self.input_bits if l == 0 else 0)
+            arith.append(a)
+            scales.append(sc)
+        self._deploy_cache = (key, torch.is_grad_enabled(), (arith, scales))
+        return arith, scales
+
+    def to_fixed_point(self) -> tuple[FixedPointNetwork, quantize.QuantizationReport]:
+        """The network in Loihi 2 units, for the reference simulator and Lava. Pure: the module
+        is not changed. Equal, integer for integer, to what deploy mode computes with."""
+        if float(self.input_scale) <= 0:
+            raise ValueError("ChipNetwork.to_fixed_point: calibrate the input scale first")
+        return quantize.quantize_network(self.float_layers(), float(self.input_scale), self.input_bits)
+
     def reset(self, batch: int) -> ChipState:
         ref = self.weights[0]
         zeros = tuple(ref.new_zeros(batch, n) for n in self._sizes[1:])
@@ -88,7 +146,14 @@ class ChipNetwork(nn.Module):
 
     def step(self, x_t: Tensor, theta_t: Tensor | None, state: ChipState
              ) -> tuple[tuple[Tensor, ...], ChipState]:
-        """One step: ``x_t`` (B, n_in) input currents, ``theta_t`` (B, L) or None."""
+        """One step: ``x_t`` (B, n_in) input currents (float) or payloads (deploy), ``theta_t``
+        (B, L) or None."""
+        if self.mode == "deploy":
+            arith, scales = self.deploy_arith()
+            slope = self.surrogate_slope
+            fns = [lambda x, s=sc.state_scale: spike(x / s, slope) for sc in scales]
+            spikes, state = arithmetic.chip_step(x_t, theta_t, state, arith, spike_fn=fns)
+            return tuple(sp.to(x_t.dtype) for sp in spikes), state
         spikes, us, vs, new_a = [], [], [], []
         pre = x_t
         for l in range(self.num_layers):
