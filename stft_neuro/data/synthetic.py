@@ -25,6 +25,12 @@ Model of one sample of class ``c`` (embedding ``e_c``, 300-d unit), length ``T``
 
 Mean pooling over seconds dilutes the event with background; a temporal model can find it.
 
+Calibration (``DataConfig.noise`` default 1.25, ``RHO`` 0.5): a closed-form ridge regression from
+mean-pooled features to word2vec, trained on ``stage_2_train`` of the default UCF benchmark (real
+split), reaches ZSL 34.7 / 20.8 / 20.8 % (seeds 0 / 1 / 2; chance 11.1 %) and, calibrated, S 69 / 66 /
+69 %, HM 46 / 32 / 32 %; on generated classes ZSL 44 / 42 / 38 %. Seen classes are easier than unseen
+ones, as on the real benchmark, and there is ample room above a linear model.
+
 Classes: with a split root (``DataConfig.root``), the real class split (class names per stage) and
 the real word2vec embeddings; otherwise ``generated_classes`` unit vectors in 300-d around
 ``max(2, C // 6)`` cluster centres (cosine to the centre about 0.7), with ``generated_unseen`` stage-2
