@@ -62,7 +62,7 @@ def load_run(run: str | Path, weights: str = "model.safetensors",
              map_location: str = "cpu") -> tuple[STFT, config_mod.Config, dict]:
     """Load a run folder (or a path to its ``model.safetensors``) -> (model, config, meta)."""
     path = Path(run)
-    if path.is_file():
+    if path.is_file() and path.suffix == ".safetensors":
         path, weights = path.parent, path.name
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")

@@ -65,11 +65,12 @@ def evaluate_split_pair(model: STFT, bench: Benchmark, stage: int, device: torch
                              device=device)
     with torch.no_grad():
         class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings, device=device)).cpu()
-    args = (emb_seen.numpy(), seen_split.labels, emb_unseen.numpy(), unseen_split.labels,
-            class_emb.numpy(), bench.seen(stage), bench.unseen(stage))
+    samples = torch.cat([emb_seen, emb_unseen]).numpy()
+    labels = np.concatenate([seen_split.labels, unseen_split.labels])
+    args = (samples, labels, class_emb.numpy(), bench.seen(stage), bench.unseen(stage))
     if bias is None:
         return protocol.calibrate(*args)
-    return protocol.gzsl_metrics(*args, bias=bias)
+    return protocol.evaluate(*args, bias=bias)
 
 
 @dataclass

@@ -39,14 +39,22 @@ def test_triplet_known_value_two_classes():
     torch.testing.assert_close(loss, torch.tensor(1.5))
 
 
+def test_triplet_all_negatives_known_value():
+    anchor = torch.tensor([[4.0, 4.0]])  # class 0: d_pos = sqrt(32); class 1 at 1; class 2 at sqrt(52)
+    d_pos = math.sqrt(32.0)
+    expected = (max(d_pos - 1.0 + 0.5, 0.0) + max(d_pos - math.sqrt(52.0) + 0.5, 0.0)) / 2
+    loss = triplet_loss(anchor, CLASSES, torch.tensor([0]), margin=0.5)
+    torch.testing.assert_close(loss, torch.tensor(expected))
+
+
 def test_triplet_uses_hardest_candidate_negative():
     anchor = torch.tensor([[4.0, 4.0]])  # class 0: d_pos = sqrt(32); class 1 at 1; class 2 at sqrt(52)
     labels = torch.tensor([0])
     d_pos = math.sqrt(32.0)
-    hardest = triplet_loss(anchor, CLASSES, labels, margin=0.5)
+    hardest = triplet_loss(anchor, CLASSES, labels, margin=0.5, negatives="hardest")
     torch.testing.assert_close(hardest, torch.tensor(d_pos - 1.0 + 0.5))
     # Class 1 is not a training class: the negative is class 2.
-    only_2 = triplet_loss(anchor, CLASSES, labels, margin=0.5, candidates=[0, 2])
+    only_2 = triplet_loss(anchor, CLASSES, labels, margin=0.5, candidates=[0, 2], negatives="hardest")
     torch.testing.assert_close(only_2, torch.tensor(max(d_pos - math.sqrt(52.0) + 0.5, 0.0)))
 
 

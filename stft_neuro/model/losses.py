@@ -13,12 +13,13 @@ What the model hands in (``stft_loss``):
 
 Choices where the paper is silent:
 
-* Triplet negatives are classes, not samples: for each anchor, the positive is its own class's text
-  embedding and the negative the *hardest* (nearest) other class among ``candidates`` (the training
-  classes; never an unseen class). Class embeddings are few (tens), so all are scored each step;
-  the hardest class is deterministic and is the one that would be confused at test time, where
-  AVCA's random in-batch negatives are often already far (zero loss). Euclidean distance,
-  ``mean(relu(d_pos - d_neg + margin))``.
+* Triplet negatives are classes, not samples: for each anchor the positive is its own class's text
+  embedding and the negatives are the other classes among ``candidates`` (the training classes;
+  never an unseen class), Euclidean distance, hinge ``relu(d_pos - d_neg + margin)`` averaged over
+  every (anchor, negative class) pair (``negatives="all"``, the default). Hardest-negative mining
+  (``negatives="hardest"``) is kept as an option but not used: trained from scratch it collapses
+  the joint embedding to one point (every class at the same distance, loss = margin; measured on the
+  synthetic UCF benchmark: validation HM 0 after 6 epochs, against about 20 with all negatives).
 * ``triplet`` also covers the audio and visual embeddings, as AVCA trains each modality's projection
   against the text embeddings too: ``triplet = mean(t_joint, t_audio, t_visual)`` (a mean, so that
   the term keeps the scale of one triplet loss and the paper's 0.5/0.5 balance). ``modality_triplets
@@ -50,8 +51,11 @@ def euclidean_distances(x: Tensor, y: Tensor) -> Tensor:
 
 
 def triplet_loss(anchor: Tensor, class_emb: Tensor, labels: Tensor, margin: float,
-                 candidates: Tensor | Sequence[int] | None = None) -> Tensor:
-    """Class triplet loss: ``mean_b relu(d(a_b, c_{y_b}) - min_{k != y_b, k in cand} d(a_b, c_k) + margin)``.
+                 candidates: Tensor | Sequence[int] | None = None, negatives: str = "all") -> Tensor:
+    """Class triplet loss ``relu(d(a_b, c_{y_b}) - d(a_b, c_k) + margin)`` over negative classes k.
+
+    ``negatives="all"``: mean over every anchor and every negative class among the candidates;
+    ``"hardest"``: per anchor only the nearest negative class (``min_k d(a_b, c_k)``), mean over b.
 
     ``anchor (B, E)``; ``class_emb (C, E)``; ``labels (B,)`` int class indices into ``class_emb``;
     ``candidates``: int tensor (or sequence) of class indices allowed as negatives (the training classes), or
@@ -72,12 +76,17 @@ def triplet_loss(anchor: Tensor, class_emb: Tensor, labels: Tensor, margin: floa
     else:
         allowed[torch.as_tensor(candidates, device=anchor.device).long()] = True
     classes = torch.arange(num_classes, device=anchor.device)
-    negatives = allowed[None, :] & (classes[None, :] != labels[:, None])  # (B, C)
-    if not bool(negatives.any(dim=1).all()):
+    negatives_mask = allowed[None, :] & (classes[None, :] != labels[:, None])  # (B, C)
+    if not bool(negatives_mask.any(dim=1).all()):
         raise UserError("triplet_loss: some sample has no negative class among the candidates "
                         "(need at least two candidate classes)")
-    d_neg = dist.masked_fill(~negatives, float("inf")).min(dim=1).values  # (B,) hardest negative
-    return F.relu(d_pos - d_neg + margin).mean()
+    if negatives == "hardest":
+        d_neg = dist.masked_fill(~negatives_mask, float("inf")).min(dim=1).values  # (B,)
+        return F.relu(d_pos - d_neg + margin).mean()
+    if negatives != "all":
+        raise ValueError(f"triplet_loss: negatives must be 'all' or 'hardest', got {negatives!r}")
+    hinge = F.relu(d_pos[:, None] - dist + margin) * negatives_mask  # (B, C)
+    return hinge.sum() / negatives_mask.sum()
 
 
 def projection_loss(audio_emb: Tensor, visual_emb: Tensor, target: Tensor) -> Tensor:

@@ -43,6 +43,10 @@ class STFT(nn.Module):
         self.spiking = SpikingBranch(audio_dim, visual_dim, cfg.spiking) if cfg.spiking.enabled else None
         dim_s = self.spiking.out_dim if self.spiking is not None else 0
         self.fusion = build_fusion(cfg.fusion, self.transformer.out_dim, dim_s)
+        # Residual path around the fusion: a multiplicative (Tucker) fusion alone starts with tiny
+        # gradients (its core is a product of three small factors) and training stalls; with the
+        # skip, the fusion learns the interaction on top of a working semantic path.
+        self.skip = nn.Linear(self.transformer.out_dim, width)
         self.joint = nn.Linear(width, e)
         self.audio_proj = mlp(audio_dim, width, e, p)
         self.visual_proj = mlp(visual_dim, width, e, p)
@@ -66,7 +70,7 @@ class STFT(nn.Module):
                 out["theta"] = record.theta
         else:
             s = r.new_zeros(r.shape[0], 0)
-        joint = self.joint(self.fusion(r, s))  # (B, E)
+        joint = self.joint(self.fusion(r, s) + self.skip(r))  # (B, E)
         _, audio_mean = masked_max_mean(audio, mask)
         _, visual_mean = masked_max_mean(visual, mask)
         out.update(joint=joint, audio_emb=self.audio_proj(audio_mean),
