@@ -9,6 +9,9 @@ A run folder (``runs/<name>/``) holds::
     last_optim.pt       optimizer + scheduler state of that epoch (tensors only; loaded weights_only)
     metrics.json        the S/U/HM/ZSL results
 
+A QAT run (``stft-neuro train --qat --from RUN``) has ``"deploy": true`` in meta.json: its model
+is loaded with the spiking branch in deploy mode (Loihi 2 fixed-point arithmetic).
+
 Reading never executes code: safetensors and JSON, and ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -88,4 +91,8 @@ def load_run(run: str | Path, weights: str = "model.safetensors",
     if missing or unexpected:
         raise CheckpointError(f"{file}: weights do not match the config "
                               f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    if meta.get("deploy"):
+        if model.spiking is None or float(model.spiking.chip.input_scale) <= 0:
+            raise CheckpointError(f"{file}: a deploy-mode run without a calibrated spiking branch")
+        model.spiking.set_deploy(True)
     return model.to(map_location), cfg, meta

@@ -22,6 +22,11 @@ examples:
   stft-neuro train --out runs/ucf       train STFT (both AVCA stages) into runs/ucf
   stft-neuro train --set train.epochs=5 --set fusion.kind=concat --out runs/concat
   stft-neuro eval --checkpoint runs/ucf S/U/HM/ZSL of a trained run
+  stft-neuro train --qat --from runs/ucf --out runs/ucf-qat --set train.epochs=3
+                                        fine-tune to Loihi 2's exact integer arithmetic
+  stft-neuro eval --checkpoint runs/ucf-qat --backend reference
+                                        the same, through the bit-exact reference simulator
+  stft-neuro resources --checkpoint runs/ucf-qat   design rules, cores, memory on Loihi 2
   stft-neuro demo                       all of the above on small defaults
 """
 
@@ -76,11 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    p.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning of the float run given by --from: the "
+                        "spiking branch then computes Loihi 2's integer arithmetic exactly")
+    p.add_argument("--from", dest="from_run", metavar="RUN", help="float run to fine-tune (with --qat)")
     _add_json(p)
 
     p = sub.add_parser("eval", help="S/U/HM/ZSL of a trained run on its benchmark",
                        description="Evaluate a run folder on stage-2 test splits with the calibration "
                                    "b chosen on stage-1 validation during training.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder written by train")
+    p.add_argument("--backend", choices=("torch", "reference"), default="torch",
+                   help="who runs the spiking branch: the model's own torch module, or (QAT runs) "
+                        "the bit-exact reference simulator of the exported integer network")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
+    _add_json(p)
+
+    p = sub.add_parser("resources", help="Loihi 2 resources of a run's spiking branch: quantization, "
+                                         "design rules, cores",
+                       description="Quantize the run's spiking branch to Loihi 2 units (calibrating the "
+                                   "input scale on the run's training data if it is a float run), check "
+                                   "every design rule, map the layers onto cores and report memory and "
+                                   "utilisation per core. Exit 1 if a design rule is violated.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder written by train")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
     _add_json(p)
@@ -172,7 +194,14 @@ def _train(cfg, run_dir: Path, resume: bool, quiet: bool) -> dict:
 
 def cmd_train(args) -> int:
     from stft_neuro import config as config_mod
+    from stft_neuro.errors import UserError
     from stft_neuro.train import check_resumable
+    if args.qat or args.from_run:
+        if not (args.qat and args.from_run):
+            raise UserError("--qat and --from RUN go together: --qat --from runs/float")
+        if args.resume or args.config:
+            raise UserError("--qat takes --set overrides only (not --resume or --config)")
+        return _train_qat(args)
     if args.resume:
         run_dir = Path(args.resume)
         check_resumable(run_dir)
@@ -186,6 +215,60 @@ def cmd_train(args) -> int:
     results = _train(cfg, run_dir, resume=bool(args.resume), quiet=args.json)
     _print(results, args.json, _results_table(results) + f"\n\nrun folder: {run_dir}")
     return 0
+
+
+def _train_qat(args) -> int:
+    from stft_neuro.qat import qat_finetune
+    run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-qat")
+    rows = []
+
+    def on_epoch(row):
+        rows.append(row)
+        if not args.json:
+            print(f"qat epoch {row['epoch']:>3}: loss {row['loss_total']:.4f} "
+                  f"({row['samples_per_s']:.0f} samples/s)", file=sys.stderr)
+
+    results = qat_finetune(args.from_run, run_dir, args.overrides, on_epoch=on_epoch)
+    from stft_neuro.protocol import GZSLMetrics, format_table
+    table = format_table({"float": GZSLMetrics(**results["float"]),
+                          "quantized (PTQ)": GZSLMetrics(**results["ptq"]),
+                          "QAT": GZSLMetrics(**results["qat"])})
+    q = results["quantization"]
+    table += (f"\n\nHM drop QAT vs float: {results['hm_drop_qat_vs_float']:.2f} points; weights "
+              f"saturated: {q['weights_saturated']}; input {q['input_bits']}-bit graded, scale "
+              f"{q['input_scale']:.4g}\nrun folder: {run_dir}")
+    _print(results, args.json, table)
+    return 0
+
+
+def cmd_resources(args) -> int:
+    from stft_neuro import config as config_mod
+    from stft_neuro.checkpoint import load_run
+    from stft_neuro.data import load_benchmark
+    from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
+    from stft_neuro.qat import calibrate, quantization_summary
+    model, cfg, meta = load_run(args.checkpoint)
+    if model.spiking is not None and not meta.get("deploy"):
+        if args.allow_pickle:
+            cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+        calibrate(model, load_benchmark(cfg.data).splits["stage_2_train"], torch_device("cpu"))
+    elif model.spiking is None:
+        from stft_neuro.errors import CheckpointError
+        raise CheckpointError(f"{args.checkpoint}: no spiking branch (spiking.enabled=false)")
+    network, _ = model.spiking.chip.to_fixed_point()
+    report = resource_report(network)
+    report["quantization"] = quantization_summary(model)
+    q = report["quantization"]
+    text = format_resource_report(report) + "\n\nquantization: " + ", ".join(
+        f"{lay['name']} {lay['weights_saturated']}/{lay['weights']} weights saturated"
+        for lay in q["layers"]) + f"; input {q['input_bits']}-bit graded, scale {q['input_scale']:.4g}"
+    _print(report, args.json, text)
+    return 0 if report["design_rules"]["passed"] else 1
+
+
+def torch_device(name: str):
+    import torch
+    return torch.device(name)
 
 
 def cmd_eval(args) -> int:
@@ -209,8 +292,15 @@ def cmd_eval(args) -> int:
                               f"the benchmark has {len(bench.class_names)}")
     device = resolve_device(cfg.train.device)
     bias = float(meta["progress"]["best_bias"])
-    metrics = evaluate_split_pair(model.to(device), bench, 2, device, bias)
-    result = {"checkpoint": str(args.checkpoint), "stage2_test": metrics.to_dict()}
+    backend = None
+    if args.backend == "reference":
+        if not meta.get("deploy"):
+            raise CheckpointError(f"{args.checkpoint}: --backend reference needs a QAT run "
+                                  "(stft-neuro train --qat --from RUN); this is a float run")
+        from stft_neuro.sim.reference import ReferenceSimulator
+        backend = ReferenceSimulator(model.spiking.chip.to_fixed_point()[0], device=device)
+    metrics = evaluate_split_pair(model.to(device), bench, 2, device, bias, backend=backend)
+    result = {"checkpoint": str(args.checkpoint), "backend": args.backend, "stage2_test": metrics.to_dict()}
     _print(result, args.json, _results_table(result))
     return 0
 
@@ -232,7 +322,8 @@ def cmd_demo(args) -> int:
     return 0 if report["healthy"] else 1
 
 
-COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
+            "resources": cmd_resources, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

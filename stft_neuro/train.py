@@ -55,14 +55,17 @@ def make_model(cfg: Config, bench: Benchmark) -> STFT:
 
 
 def evaluate_split_pair(model: STFT, bench: Benchmark, stage: int, device: torch.device,
-                        bias: float | None = None) -> protocol.GZSLMetrics:
-    """S/U/HM/ZSL on a stage's seen/unseen evaluation splits; calibrates b when ``bias`` is None."""
+                        bias: float | None = None, backend=None) -> protocol.GZSLMetrics:
+    """S/U/HM/ZSL on a stage's seen/unseen evaluation splits; calibrates b when ``bias`` is None.
+
+    ``backend``: who runs the spiking branch's chip side (default: the model's own module)."""
     names = ("stage_1_val_seen", "stage_1_val_unseen") if stage == 1 else \
         ("stage_2_test_seen", "stage_2_test_unseen")
     seen_split, unseen_split = bench.splits[names[0]], bench.splits[names[1]]
-    emb_seen = embed_split(model, seen_split.audio, seen_split.visual, seen_split.lengths, device=device)
+    emb_seen = embed_split(model, seen_split.audio, seen_split.visual, seen_split.lengths,
+                           device=device, backend=backend)
     emb_unseen = embed_split(model, unseen_split.audio, unseen_split.visual, unseen_split.lengths,
-                             device=device)
+                             device=device, backend=backend)
     with torch.no_grad():
         class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings, device=device)).cpu()
     samples = torch.cat([emb_seen, emb_unseen]).numpy()

@@ -24,7 +24,11 @@ Choices (documented here because the hardware does not dictate them):
   weights use the full 8 bits and, at 100 %, none saturate.
 - ``weight_exp`` is the largest exponent in ``[WEIGHT_EXP_MIN, WEIGHT_EXP_MAX]`` for which
   ``vth <= VTH_MAX >> threshold_headroom_bits`` (headroom for positive threshold modulation and
-  for v overshooting the threshold); a larger exponent means a finer threshold.
+  for v overshooting the threshold) and the worst-case Dense output fits Loihi's 16-bit synaptic
+  input (``A_OUT_BITS``; then no single step's input can wrap the 24-bit ``u``); a larger exponent
+  means a finer threshold. For the STFT input layer (512 graded 8-bit inputs) the 16-bit bound is
+  the binding one: it costs threshold resolution (vth of a few hundred instead of ~32k) but makes
+  the network pass every design rule.
 - Mixed-sign weights are rounded to the nearest *even* integer, so Lava's truncation of the
   lowest bit (``lava.utils.weightutils.truncate_weights``) is the identity on them.
 - ``bias_exp`` is the smallest exponent whose mantissa fits 13 bits.
@@ -157,8 +161,16 @@ def quantize_input(x: Tensor, input_scale: float, input_bits: int) -> Tensor:
 
 
 def choose_layer_scales(max_abs_weight: float, threshold: float, in_scale: float,
-                        sign_mode: str = "mixed", threshold_headroom_bits: int = 2) -> LayerScales:
-    """Pick ``k`` and ``weight_exp`` for a layer (rules in the module docstring)."""
+                        sign_mode: str = "mixed", threshold_headroom_bits: int = 2,
+                        max_row_abs_sum: float = 0.0, n_in: int = 0, payload_max: int = 1
+                        ) -> LayerScales:
+    """Pick ``k`` and ``weight_exp`` for a layer (rules in the module docstring).
+
+    ``max_row_abs_sum`` (largest ``sum_i |W_f[j, i]|``), ``n_in`` and ``payload_max`` bound the Dense
+    output: the exponent is also small enough that the worst case,
+    ``(k * max_row_abs_sum + n_in) * payload_max * 2**weight_exp`` (``+ n_in``: rounding adds at
+    most one per weight), fits the 16-bit synaptic input, so no input can wrap ``u`` in one step.
+    """
     if threshold <= 0:
         raise ValueError(f"choose_layer_scales: threshold must be > 0, got {threshold}")
     lo, hi, _ = weight_range(sign_mode)
@@ -167,11 +179,14 @@ def choose_layer_scales(max_abs_weight: float, threshold: float, in_scale: float
     vth_cap = C.VTH_MAX >> threshold_headroom_bits
     exp = C.WEIGHT_EXP_MIN
     for e in range(C.WEIGHT_EXP_MAX, C.WEIGHT_EXP_MIN - 1, -1):
-        if k * 2.0 ** e * threshold / in_scale <= vth_cap:
+        a_bound = (k * max_row_abs_sum + n_in) * payload_max * 2.0 ** e
+        if k * 2.0 ** e * threshold / in_scale <= vth_cap and a_bound <= C.A_OUT_MAX:
             exp = e
             break
-    else:  # even the smallest exponent overflows the threshold: use fewer weight bits
-        k = vth_cap * in_scale / (2.0 ** exp * threshold)
+    else:  # even the smallest exponent overflows the threshold or the 16-bit input: fewer weight bits
+        k = min(k, vth_cap * in_scale / (2.0 ** exp * threshold))
+        if max_row_abs_sum > 0:
+            k = min(k, (C.A_OUT_MAX / (payload_max * 2.0 ** exp) - n_in) / max_row_abs_sum)
     s = k * 2.0 ** (C.ACT_SHIFT + exp) / in_scale
     return LayerScales(weight_scale=k, weight_exp=exp, state_scale=s,
                        threshold_scale=s / 2 ** C.VTH_SHIFT, in_scale=in_scale,
@@ -205,14 +220,15 @@ def quantize_layer(layer: FloatLayer, in_scale: float, num_message_bits: int, *,
     w = np.asarray(layer.weight, dtype=np.float64)
     mode = weight_sign_mode(w)
     ref = float(np.percentile(np.abs(w), weight_clip_percentile)) if w.size else 0.0
-    sc = choose_layer_scales(ref, layer.threshold, in_scale, mode, threshold_headroom_bits)
+    pmax = 1 if num_message_bits == 0 else 2 ** (num_message_bits - 1)
+    sc = choose_layer_scales(ref, layer.threshold, in_scale, mode, threshold_headroom_bits,
+                             float(np.abs(w).sum(axis=1).max(initial=0.0)), w.shape[1], pmax)
     lo, hi, _ = weight_range(mode)
     wk = w * sc.weight_scale
     w_int = _round_weights(w, sc.weight_scale, mode)
     bias_mant, bias_exp, bias_sat = _bias_to_int(np.asarray(layer.bias, np.float64) * sc.state_scale)
     du, dv = decay_to_int(layer.du, layer.dv)
     vth = int(np.clip(round(layer.threshold * sc.threshold_scale), 0, C.VTH_MAX))
-    pmax = 1 if num_message_bits == 0 else 2 ** (num_message_bits - 1)
     acc = int(np.abs(w_int).sum(axis=1).max(initial=0)) * pmax
     a_bound = acc << sc.weight_exp if sc.weight_exp >= 0 else -((-acc) >> -sc.weight_exp)
     eff_du, eff_dv = decay_to_float(du, dv)
@@ -288,8 +304,10 @@ def qat_layer_arith(weight: Tensor, bias: Tensor, du: float, dv: float, threshol
     """
     w_det = weight.detach().cpu().double().numpy()
     mode = weight_sign_mode(w_det)
+    pmax = 1 if num_message_bits == 0 else 2 ** (num_message_bits - 1)
     sc = choose_layer_scales(float(np.abs(w_det).max(initial=0.0)), threshold, in_scale, mode,
-                             threshold_headroom_bits)
+                             threshold_headroom_bits, float(np.abs(w_det).sum(axis=1).max(initial=0.0)),
+                             w_det.shape[1], pmax)
     w_int = fake_quantize_weight(weight, sc.weight_scale, mode)
     b_scaled = bias * sc.state_scale
     _, bias_exp, _ = _bias_to_int(b_scaled.detach().cpu().double().numpy())

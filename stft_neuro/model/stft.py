@@ -84,7 +84,7 @@ def count_parameters(module: nn.Module) -> int:
 
 @torch.no_grad()
 def embed_split(model: STFT, audio, visual, lengths, batch_size: int = 256,
-                device: str | torch.device = "cpu") -> Tensor:
+                device: str | torch.device = "cpu", backend: SpikingBackend | None = None) -> Tensor:
     """Joint embeddings (N, E) of numpy arrays, in eval mode, batched."""
     model.eval()
     outs = []
@@ -92,5 +92,5 @@ def embed_split(model: STFT, audio, visual, lengths, batch_size: int = 256,
         a = torch.as_tensor(audio[i:i + batch_size], device=device)
         v = torch.as_tensor(visual[i:i + batch_size], device=device)
         n = torch.as_tensor(lengths[i:i + batch_size], device=device)
-        outs.append(model(a, v, n)["joint"].float().cpu())
+        outs.append(model(a, v, n, backend=backend)["joint"].float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0, model.cfg.fusion.embed_dim)

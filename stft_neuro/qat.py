@@ -1,0 +1,100 @@
+"""Quantization-aware fine-tuning: a float run -> a run whose spiking branch computes Loihi 2's
+integer arithmetic exactly (deploy mode), with the host sending integer payloads and thresholds.
+
+Protocol: load the float run (its stage-2 model and the calibration b chosen on stage-1
+validation), calibrate the input payload scale on ``stage_2_train``, measure the test metrics in
+float and right after quantization (post-training quantization, PTQ), fine-tune in deploy mode on
+``stage_2_train`` for ``train.epochs`` epochs (straight-through estimators + surrogate gradients),
+and test again with the same b. The run folder records all three and the quantization report.
+A QAT run is not resumable (it is short); rerun it instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from stft_neuro import config as config_mod
+from stft_neuro.checkpoint import FORMAT, load_run, save_weights, write_json
+from stft_neuro.data import load_benchmark
+from stft_neuro.data.benchmark import Benchmark, Split
+from stft_neuro.errors import CheckpointError
+from stft_neuro.model.stft import STFT
+from stft_neuro.train import epoch_seed, evaluate_split_pair, resolve_device, seed_everything, train_epoch
+
+CALIBRATION_SAMPLES = 512
+
+
+def calibrate(model: STFT, split: Split, device: torch.device, n: int = CALIBRATION_SAMPLES) -> float:
+    """Set the spiking branch's input payload scale from the first ``n`` samples of ``split``."""
+    if model.spiking is None:
+        raise CheckpointError("this run has no spiking branch (spiking.enabled=false): nothing to quantize")
+    idx = np.arange(min(n, len(split.labels)))
+    return model.spiking.calibrate_input(torch.as_tensor(split.audio[idx], device=device),
+                                         torch.as_tensor(split.visual[idx], device=device),
+                                         torch.as_tensor(split.lengths[idx], device=device))
+
+
+def quantization_summary(model: STFT) -> dict:
+    network, report = model.spiking.chip.to_fixed_point()
+    return {"input_scale": report.input_scale, "input_bits": report.input_bits,
+            "weights_saturated": report.weights_saturated,
+            "layers": [{"name": i.name, "weights": i.n_weights, "weights_saturated": i.weights_saturated,
+                        "weights_zeroed": i.weights_zeroed, "weight_exp": i.scales.weight_exp,
+                        "vth": i.vth, "du": i.du, "dv": i.dv, "bias_saturated": i.bias_saturated,
+                        "a_out_bound": i.a_out_bound, "a_out_fits_16_bits": i.a_out_fits}
+                       for i in report.layers]}
+
+
+def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | None = None,
+                 on_epoch: Callable[[dict], None] | None = None,
+                 on_batch: Callable[[float], None] | None = None,
+                 bench: Benchmark | None = None) -> dict:
+    """Fine-tune ``float_run`` in deploy mode into ``out_dir``; returns the metrics dict."""
+    model, cfg, meta = load_run(float_run)
+    if meta.get("deploy"):
+        raise CheckpointError(f"{float_run} is already a QAT run; give the float run it came from")
+    cfg = config_mod.load(overrides=[*(overrides or []), "train.qat=true"], base=cfg)
+    device = resolve_device(cfg.train.device)
+    bench = bench or load_benchmark(cfg.data)
+    model = model.to(device)
+    bias = float(meta["progress"]["best_bias"])
+    split = bench.splits["stage_2_train"]
+    results = {"from": str(float_run), "bias": bias,
+               "float": evaluate_split_pair(model, bench, 2, device, bias).to_dict()}
+    calibrate(model, split, device)
+    model.spiking.set_deploy(True)
+    results["ptq"] = evaluate_split_pair(model, bench, 2, device, bias).to_dict()
+
+    seed_everything(cfg.train.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    w2v = torch.as_tensor(bench.class_embeddings, device=device)
+    train_classes = torch.as_tensor(np.unique(split.labels), device=device)
+    history = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", cfg.to_dict())
+    for epoch in range(cfg.train.epochs):
+        seed = epoch_seed(cfg.train.seed, 3, epoch)  # stage "3": QAT
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        losses = train_epoch(model, split, w2v, train_classes, opt, cfg, device, seed, on_batch)
+        seconds = time.perf_counter() - t0
+        row = {"stage": "qat", "epoch": epoch + 1, "seconds": seconds,
+               "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()}}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    results["qat"] = evaluate_split_pair(model, bench, 2, device, bias).to_dict()
+    results["hm_drop_qat_vs_float"] = results["float"]["HM"] - results["qat"]["HM"]
+    results["quantization"] = quantization_summary(model)
+    save_weights(model, out_dir / "model.safetensors")
+    progress = dict(meta["progress"], history=history, done=True)
+    write_json(out_dir / "meta.json", {**{k: meta[k] for k in ("audio_dim", "visual_dim", "class_names", "benchmark")},
+                                       "format": FORMAT, "deploy": True, "progress": progress,
+                                       "metrics": results})
+    write_json(out_dir / "metrics.json", results)
+    return results
