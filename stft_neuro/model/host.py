@@ -181,7 +181,7 @@ class SpikingBranch(nn.Module):
         """Float threshold units -> integer mantissa offsets in deploy mode (identity otherwise)."""
         if not self.deploy:
             return theta
-        arith, scales = self.chip.deploy_arith()
+        arith, scales = self.chip.active_arith()
         k = theta.new_tensor([sc.threshold_scale for sc in scales])
         vth = theta.new_tensor([a.vth for a in arith])
         return quantize.fake_quantize_int(theta * k, None, None).clamp(-vth, loihi2.VTH_MAX - vth)

@@ -76,6 +76,7 @@ class ChipNetwork(nn.Module):
         # Float value of one input payload LSB (deploy mode); 0 until calibrated on data.
         self.register_buffer("input_scale", torch.zeros(()))
         self._deploy_cache: tuple | None = None
+        self._active: tuple | None = None  # deploy parameters of the current sequence
         if len(sizes) < 2:
             raise ValueError(f"ChipNetwork needs at least one layer, got sizes {sizes}")
         self._sizes = tuple(int(n) for n in sizes)
@@ -115,11 +116,13 @@ class ChipNetwork(nn.Module):
     def deploy_arith(self) -> tuple[list[arithmetic.LayerArith], list[quantize.LayerScales]]:
         """Per-layer integer parameters (differentiable, straight-through) and their scales.
 
-        Cached until a weight, bias or the input scale changes (an optimizer step bumps versions).
+        Without gradients they are cached until a weight, bias or the input scale changes. With
+        gradients they are part of the autograd graph of one sequence: ``reset`` computes them
+        afresh, and the steps of that sequence share them (so a sequence starts with ``reset``).
         """
         key = tuple(p._version for p in (*self.weights, *self.biases)) + (float(self.input_scale),)
-        if self._deploy_cache is not None and self._deploy_cache[0] == key and torch.is_grad_enabled() \
-                == self._deploy_cache[1]:
+        if self._deploy_cache is not None and self._deploy_cache[0] == key and not torch.is_grad_enabled() \
+                and not self._deploy_cache[1]:
             return self._deploy_cache[2]
         arith, scales = [], []
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
@@ -132,6 +135,10 @@ class ChipNetwork(nn.Module):
         self._deploy_cache = (key, torch.is_grad_enabled(), (arith, scales))
         return arith, scales
 
+    def active_arith(self) -> tuple[list[arithmetic.LayerArith], list[quantize.LayerScales]]:
+        """The deploy parameters of the current sequence (those ``reset`` prepared)."""
+        return self._active if self._active is not None else self.deploy_arith()
+
     def to_fixed_point(self) -> tuple[FixedPointNetwork, quantize.QuantizationReport]:
         """The network in Loihi 2 units, for the reference simulator and Lava. Pure: the module
         is not changed. Equal, integer for integer, to what deploy mode computes with."""
@@ -140,6 +147,9 @@ class ChipNetwork(nn.Module):
         return quantize.quantize_network(self.float_layers(), float(self.input_scale), self.input_bits)
 
     def reset(self, batch: int) -> ChipState:
+        if self.mode == "deploy":
+            self._deploy_cache = None if torch.is_grad_enabled() else self._deploy_cache
+            self._active = self.deploy_arith()
         ref = self.weights[0]
         zeros = tuple(ref.new_zeros(batch, n) for n in self._sizes[1:])
         return ChipState(u=zeros, v=zeros, a=zeros)
@@ -149,7 +159,7 @@ class ChipNetwork(nn.Module):
         """One step: ``x_t`` (B, n_in) input currents (float) or payloads (deploy), ``theta_t``
         (B, L) or None."""
         if self.mode == "deploy":
-            arith, scales = self.deploy_arith()
+            arith, scales = self.active_arith()
             slope = self.surrogate_slope
             fns = [lambda x, s=sc.state_scale: spike(x / s, slope) for sc in scales]
             spikes, state = arithmetic.chip_step(x_t, theta_t, state, arith, spike_fn=fns)
