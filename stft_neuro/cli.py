@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "reference"), default="torch",
                    help="who runs the spiking branch: the model's own torch module, or (QAT runs) "
                         "the bit-exact reference simulator of the exported integer network")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="evaluate on other data than the run was trained on, e.g. --set "
+                        "data.source=avca --set data.root=/path/UCF (only [data] keys)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
     _add_json(p)
 
@@ -278,6 +281,9 @@ def cmd_eval(args) -> int:
     from stft_neuro.errors import CheckpointError
     from stft_neuro.train import evaluate_split_pair, resolve_device
     model, cfg, meta = load_run(args.checkpoint)
+    if any(not o.startswith("data.") for o in args.overrides):
+        raise CheckpointError("eval: only [data] keys can be overridden (the model is the checkpoint's)")
+    cfg = config_mod.load(overrides=args.overrides, base=cfg)
     if args.allow_pickle:
         cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
     bench = load_benchmark(cfg.data)

@@ -70,3 +70,87 @@ def test_doctor_json_without_lava_run(capsys):
     assert code == 0 and report["healthy"] is True
     assert report["versions"]["torch"].startswith("2.13.0")
     assert report["lava_import"]["ok"] is True
+
+
+TINY = ["data.train_per_class=3", "data.eval_per_class=2", "data.max_seconds=4", "data.audio_dim=24",
+        "data.visual_dim=20", "spiking.input_dim=16", "spiking.hidden=12,8", "spiking.num_steps=4",
+        "transformer.dim=16", "transformer.heads=2", "transformer.num_latents=2", "fusion.width=16",
+        "fusion.ranks=3,5", "fusion.embed_dim=8", "train.epochs=2", "train.batch_size=32"]
+
+
+def _sets(*overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--json", "--out", str(run), *_sets(*TINY)]) == 0
+    return run
+
+
+def test_train_writes_a_complete_run(tiny_run):
+    for name in ("config.json", "meta.json", "model.safetensors", "metrics.json"):
+        assert (tiny_run / name).is_file(), name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["stage2_test"]) == {"S", "U", "HM", "ZSL", "bias"}
+    assert json.loads((tiny_run / "config.json").read_text())["spiking"]["hidden"] == [12, 8]
+
+
+def test_eval_reproduces_training_metrics(capsys, tiny_run):
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(tiny_run), "--json")
+    assert code == 0
+    trained = json.loads((tiny_run / "metrics.json").read_text())["stage2_test"]
+    assert json.loads(out)["stage2_test"] == pytest.approx(trained)
+
+
+def test_eval_rejects_features_of_another_width(capsys, tiny_run):
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(tiny_run), "--set", "data.audio_dim=32")
+    assert_one_line_error(code, err, "audio features of width 24")
+
+
+def test_resume_after_interruption_continues_exactly(tmp_path):
+    from stft_neuro import config
+    from stft_neuro.data import load_benchmark
+    from stft_neuro.train import Trainer
+
+    cfg = config.load(overrides=[*TINY, "train.epochs=3"])
+    bench = load_benchmark(cfg.data)
+
+    def interrupt_after_first_epoch(row):
+        if row["stage"] == 1 and row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, bench, run, on_epoch=interrupt_after_first_epoch).run()
+    assert main(["train", "--json", "--resume", str(run)]) == 0
+    straight = tmp_path / "straight"
+    Trainer(cfg, bench, straight).run()
+    a = json.loads((run / "meta.json").read_text())["progress"]["history"]
+    b = json.loads((straight / "meta.json").read_text())["progress"]["history"]
+    assert [r["loss_total"] for r in a] == [r["loss_total"] for r in b]
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
+
+
+def test_qat_then_reference_backend_gives_identical_metrics(capsys, tmp_path, tiny_run):
+    qat = tmp_path / "qat"
+    code, out, _ = run_cli(capsys, "train", "--qat", "--from", str(tiny_run), "--out", str(qat), "--json",
+                           "--set", "train.epochs=1")
+    assert code == 0
+    result = json.loads(out)
+    assert {"float", "ptq", "qat", "quantization"} <= set(result)
+    outs = []
+    for backend in ("torch", "reference"):
+        code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(qat), "--backend", backend, "--json")
+        assert code == 0
+        outs.append(json.loads(out)["stage2_test"])
+    assert outs[0] == outs[1] == pytest.approx(result["qat"])
+    code, out, _ = run_cli(capsys, "resources", "--checkpoint", str(qat), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["design_rules"]["passed"] and report["totals"]["cores_used"] >= 2
+
+
+def test_qat_needs_from(capsys):
+    code, _, err = run_cli(capsys, "train", "--qat")
+    assert_one_line_error(code, err, "--qat and --from RUN go together")
