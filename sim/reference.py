@@ -38,12 +38,8 @@ import torch
 from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
-from stft_neuro.hw_targets.loihi2.arithmetic import (
-    FLOAT32_EXACT_MAX,
-    effective_bias,
-    lava_effective_weights,
-    payload_max,
-)
+from stft_neuro.hw_targets.loihi2.arithmetic import FLOAT32_EXACT_MAX, payload_max
+from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
 from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
 from stft_neuro.sim.backend import ChipState
 

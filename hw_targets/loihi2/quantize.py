@@ -45,7 +45,8 @@ import torch
 from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
-from stft_neuro.hw_targets.loihi2.arithmetic import LayerArith, weight_range, weight_sign_mode
+from stft_neuro.hw_targets.loihi2.arithmetic import LayerArith
+from stft_neuro.hw_targets.loihi2.weights import weight_range, weight_sign_mode
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
 
 

@@ -33,6 +33,7 @@ from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.mapping import Mapping, map_network
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
 from stft_neuro.hw_targets.loihi2.resources import LOIHI2, Loihi2Target
+from stft_neuro.hw_targets.loihi2.weights import weight_sign_mode
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +131,6 @@ def _is_matrix(layer: FixedPointLayer) -> bool:
     return isinstance(layer.weight, np.ndarray) and layer.weight.ndim == 2
 
 
-def _sign_mode(weight: np.ndarray) -> str:
-    """Lava's ``determine_sign_mode`` (``lava/utils/weightutils.py``)."""
-    if weight.size == 0 or weight.min() >= 0:
-        return "excitatory"
-    if weight.max() <= 0:
-        return "inhibitory"
-    return "mixed"
-
-
 def _input_payload(network: FixedPointNetwork, index: int) -> tuple[int, int]:
     """``(min, max)`` of one input spike of layer ``index`` (see the module docstring)."""
     bits = network.layers[index].num_message_bits
@@ -218,7 +210,7 @@ def weight_mantissa_8bit(network: FixedPointNetwork, target: Loihi2Target = LOIH
     for layer in network.layers:
         if not _is_matrix(layer) or layer.weight.size == 0:
             continue
-        mode = _sign_mode(layer.weight)
+        mode = weight_sign_mode(layer.weight)
         lo, hi = {
             "excitatory": (0, C.WEIGHT_MAX_UNSIGNED),
             "inhibitory": (-C.WEIGHT_MAX_UNSIGNED, 0),
@@ -233,7 +225,7 @@ def weight_mixed_sign_even(network: FixedPointNetwork, target: Loihi2Target = LO
     """Mixed-sign weights are multiples of 2: Lava truncates their lowest bit (``truncate_weights``)."""
     out = []
     for layer in network.layers:
-        if not _is_matrix(layer) or layer.weight.size == 0 or _sign_mode(layer.weight) != "mixed":
+        if not _is_matrix(layer) or layer.weight.size == 0 or weight_sign_mode(layer.weight) != "mixed":
             continue
         odd = np.asarray(layer.weight) % C.WEIGHT_MIXED_STEP != 0
         n_odd = int(np.count_nonzero(odd))
