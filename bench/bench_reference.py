@@ -12,8 +12,6 @@ reported separately).
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import statistics
 import sys
 import time
@@ -21,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from markdown import replace_section  # noqa: E402
 
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
 from stft_neuro.sim.reference import ReferenceSimulator
@@ -100,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # report, do not hide
         rows.append(("Lava fixed_pt", "failed", "-", repr(exc)[:80]))
 
-    lines = [HEADING, "",
-             f"Command: `.venv/bin/python bench/bench_reference.py --repeats {args.repeats} "
-             f"--lava-samples {args.lava_samples}`  ",
-             f"Machine: {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU.  ",
+    lines = [
              f"Network: {'-'.join(map(str, SIZES))} Dense+LIF, T={T}, 8-bit graded input, "
              f"spike rates {', '.join(f'{r:.1%}' for r in rates)}. Medians of {args.repeats} runs.",
              "", "| what | sample-timesteps/s | effective GMAC/s | notes |", "|---|---|---|---|"]
@@ -118,12 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-        old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |\Z)", re.S | re.M)
-        new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else \
-            old.rstrip("\n") + "\n\n" + text + "\n"
-        path.write_text(new)
+        replace_section(HEADING.removeprefix("## "), text,
+                        f"python bench/bench_reference.py --repeats {args.repeats} "
+                        f"--lava-samples {args.lava_samples}")
     return 0
 
 
