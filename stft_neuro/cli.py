@@ -248,16 +248,17 @@ def cmd_resources(args) -> int:
     from stft_neuro import config as config_mod
     from stft_neuro.checkpoint import load_run
     from stft_neuro.data import load_benchmark
+    from stft_neuro.errors import CheckpointError
     from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
     from stft_neuro.qat import calibrate, quantization_summary
+    from stft_neuro.train import resolve_device
     model, cfg, meta = load_run(args.checkpoint)
-    if model.spiking is not None and not meta.get("deploy"):
+    if model.spiking is None:
+        raise CheckpointError(f"{args.checkpoint}: no spiking branch (spiking.enabled=false)")
+    if not meta.get("deploy"):  # a float run: calibrate the input payload scale on its data first
         if args.allow_pickle:
             cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
-        calibrate(model, load_benchmark(cfg.data).splits["stage_2_train"], torch_device("cpu"))
-    elif model.spiking is None:
-        from stft_neuro.errors import CheckpointError
-        raise CheckpointError(f"{args.checkpoint}: no spiking branch (spiking.enabled=false)")
+        calibrate(model, load_benchmark(cfg.data).splits["stage_2_train"], resolve_device(cfg.train.device))
     network, _ = model.spiking.chip.to_fixed_point()
     report = resource_report(network)
     report["quantization"] = quantization_summary(model)
@@ -267,11 +268,6 @@ def cmd_resources(args) -> int:
         for lay in q["layers"]) + f"; input {q['input_bits']}-bit graded, scale {q['input_scale']:.4g}"
     _print(report, args.json, text)
     return 0 if report["design_rules"]["passed"] else 1
-
-
-def torch_device(name: str):
-    import torch
-    return torch.device(name)
 
 
 def cmd_eval(args) -> int:

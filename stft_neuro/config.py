@@ -249,7 +249,7 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.spiking.du <= 1.0 and 0.0 <= cfg.spiking.dv <= 1.0,
          "spiking.du and spiking.dv must lie in [0, 1]"),
         (cfg.spiking.threshold > 0, "spiking.threshold must be > 0"),
-        (1 <= cfg.spiking.input_bits <= 8, "spiking.input_bits must lie in 1..8"),
+        (2 <= cfg.spiking.input_bits <= 8, "spiking.input_bits must lie in 2..8 (signed graded payload)"),
         (cfg.transformer.dim % cfg.transformer.heads == 0, "transformer.dim must be a multiple of transformer.heads"),
         (cfg.fusion.kind in ("tucker", "concat"), "fusion.kind must be tucker or concat"),
         (len(cfg.fusion.ranks) >= 1 and min(cfg.fusion.ranks) >= 1, "fusion.ranks must list positive ranks"),

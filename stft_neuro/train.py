@@ -24,7 +24,7 @@ from stft_neuro import protocol
 from stft_neuro.checkpoint import FORMAT, read_json, save_weights, write_json
 from stft_neuro.config import Config
 from stft_neuro.data.benchmark import Benchmark, Split
-from stft_neuro.errors import CheckpointError
+from stft_neuro.errors import CheckpointError, ConfigError
 from stft_neuro.model.losses import stft_loss
 from stft_neuro.model.stft import STFT, embed_split
 
@@ -35,7 +35,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from stft_neuro.errors import ConfigError
         raise ConfigError("config: train.device is cuda but no CUDA device is available")
     return torch.device(name)
 

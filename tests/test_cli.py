@@ -154,3 +154,15 @@ def test_qat_then_reference_backend_gives_identical_metrics(capsys, tmp_path, ti
 def test_qat_needs_from(capsys):
     code, _, err = run_cli(capsys, "train", "--qat")
     assert_one_line_error(code, err, "--qat and --from RUN go together")
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["data.root=/nonexistent/UCF"], "/nonexistent/UCF does not exist"),
+    (["data.source=tcaf", "data.root={root}"], "allow it with --set data.allow_pickle=true"),
+    (["data.source=avca", "data.root={root}"], "no feature folder"),
+])
+def test_bad_data_is_one_line(capsys, tmp_path, overrides, fragment):
+    root = tmp_path / "UCF"
+    root.mkdir()
+    code, _, err = run_cli(capsys, "data", *_sets(*(o.format(root=root) for o in overrides)))
+    assert_one_line_error(code, err, fragment)
