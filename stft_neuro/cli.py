@@ -321,7 +321,36 @@ def cmd_demo(args) -> int:
     results = _train(cfg, Path(args.out), resume=False, quiet=False)
     print("\n" + _results_table(results))
     print(f"\nrun folder: {args.out} (config.json, model.safetensors, metrics.json)")
+    if cfg.spiking.enabled:
+        print("\n== the spiking branch on Loihi 2 (quantized without fine-tuning) ==")
+        print(_deployment_check(Path(args.out), bench))
     return 0 if report["healthy"] else 1
+
+
+def _deployment_check(run: Path, bench) -> str:
+    """Quantize a float run's spiking branch, check the design rules, map it onto cores, and test
+    it with the integer network run by the reference simulator."""
+    from stft_neuro.checkpoint import load_run
+    from stft_neuro.hw_targets.loihi2.report import resource_report
+    from stft_neuro.protocol import GZSLMetrics, format_table
+    from stft_neuro.qat import calibrate
+    from stft_neuro.sim.reference import ReferenceSimulator
+    from stft_neuro.train import evaluate_split_pair, resolve_device
+    model, cfg, meta = load_run(run)
+    device = resolve_device(cfg.train.device)
+    calibrate(model, bench.splits["stage_2_train"], device)
+    model.spiking.set_deploy(True)
+    network, quant = model.spiking.chip.to_fixed_point()
+    rep = resource_report(network)
+    bias = float(meta["progress"]["best_bias"])
+    metrics = evaluate_split_pair(model.to(device), bench, 2, device, bias,
+                                  backend=ReferenceSimulator(network, device=device))
+    rules = rep["design_rules"]
+    return (f"design rules: {'pass' if rules['passed'] else 'FAIL'} ({len(rules['rules_checked'])} "
+            f"checked, {rules['errors']} errors, {rules['warnings']} warnings); "
+            f"{rep['totals']['cores_used']} cores; {quant.weights_saturated} weights saturated\n"
+            + format_table({"stage 2 test, integer": GZSLMetrics(**metrics.to_dict())})
+            + "\n(fine-tune with: stft-neuro train --qat --from " + str(run) + " --out RUN)")
 
 
 COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,

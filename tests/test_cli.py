@@ -166,3 +166,11 @@ def test_bad_data_is_one_line(capsys, tmp_path, overrides, fragment):
     root.mkdir()
     code, _, err = run_cli(capsys, "data", *_sets(*(o.format(root=root) for o in overrides)))
     assert_one_line_error(code, err, fragment)
+
+
+def test_demo_runs_to_its_end_on_a_tiny_config(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), *_sets(*TINY))
+    assert code == 0
+    for heading in ("stft-neuro doctor", "benchmark", "training STFT", "stage 2 test",
+                    "spiking branch on Loihi 2", "design rules: pass"):
+        assert heading in out, heading
