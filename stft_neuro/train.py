@@ -5,6 +5,10 @@ with the calibration b chosen there (``protocol.calibrate``); the epoch with the
 and its b are kept. Stage 2 retrains a fresh model (same seed) on ``stage_2_train`` for that many
 epochs and tests on ``stage_2_test_{seen,unseen}`` with the stage-1 b. (AVCA, Mercea et al. 2022.)
 
+``train.stages``: ``both`` (the protocol above), ``1`` (stage 1 only; the run's model is the best
+stage-1 epoch), or ``2`` (stage 2 only, for ``train.epochs`` epochs, tested with b = 0 since no
+stage-1 validation chose one).
+
 Determinism: every epoch reseeds torch from ``(seed, stage, epoch)`` and shuffles with a generator
 seeded the same way, so a run resumed after epoch k continues exactly as if never stopped.
 """
