@@ -120,7 +120,8 @@ class ChipNetwork(nn.Module):
         gradients they are part of the autograd graph of one sequence: ``reset`` computes them
         afresh, and the steps of that sequence share them (so a sequence starts with ``reset``).
         """
-        key = tuple(p._version for p in (*self.weights, *self.biases)) + (float(self.input_scale),)
+        key = tuple(p._version for p in (*self.weights, *self.biases)) + (
+            float(self.input_scale), str(self.weights[0].device))
         if self._deploy_cache is not None and self._deploy_cache[0] == key and not torch.is_grad_enabled() \
                 and not self._deploy_cache[1]:
             return self._deploy_cache[2]
