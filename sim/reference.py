@@ -29,6 +29,8 @@ float64 tensors of integer values. ``theta`` is in threshold-mantissa units (int
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import warnings
 from dataclasses import dataclass
@@ -39,8 +41,8 @@ from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.arithmetic import FLOAT32_EXACT_MAX, payload_max
-from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
 from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
+from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
 from stft_neuro.sim.backend import ChipState
 
 STATE_DTYPE = torch.float64
@@ -174,10 +176,9 @@ class ReferenceSimulator:
     def _accumulate(lay: _Layer, inp: Tensor) -> Tensor:
         """``inp @ W.T`` (without ``w_step`` on the int8 path), exact, as float64."""
         if lay.w_t_i8 is not None:
-            try:
+            # Shapes _int_mm does not support (RuntimeError) take the float path below.
+            with contextlib.suppress(RuntimeError):
                 return torch._int_mm(inp.to(torch.int8), lay.w_t_i8).to(STATE_DTYPE)
-            except RuntimeError:  # shapes _int_mm does not support: the float path below
-                pass
             return (inp.to(lay.mm_dtype) @ lay.w_t).to(STATE_DTYPE).div_(lay.w_step)
         return (inp.to(lay.mm_dtype) @ lay.w_t).to(STATE_DTYPE)
 
