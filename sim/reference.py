@@ -153,7 +153,7 @@ class ReferenceSimulator:
 
         Does not modify ``state`` (or any argument).
         """
-        T, B = int(x.shape[0]), int(x.shape[1])
+        B = int(x.shape[1])
         if x.shape[2] != self.network.n_in:
             raise ValueError(f"ReferenceSimulator.run: x has {x.shape[2]} inputs, the network "
                              f"expects {self.network.n_in}")

@@ -121,10 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_config(args):
     from stft_neuro import config as config_mod
-    cfg = config_mod.load(args.config, args.overrides)
-    if getattr(args, "allow_pickle", False):
-        cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
-    return cfg
+    return _with_pickle(config_mod.load(args.config, args.overrides), args)
+
+
+def _with_pickle(cfg, args):
+    """``--allow-pickle`` sets ``data.allow_pickle``."""
+    if not getattr(args, "allow_pickle", False):
+        return cfg
+    from stft_neuro import config as config_mod
+    return config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
 
 
 def _print(obj, as_json: bool, table: str) -> None:
@@ -245,7 +250,6 @@ def _train_qat(args) -> int:
 
 
 def cmd_resources(args) -> int:
-    from stft_neuro import config as config_mod
     from stft_neuro.checkpoint import load_run
     from stft_neuro.data import load_benchmark
     from stft_neuro.errors import CheckpointError
@@ -256,8 +260,7 @@ def cmd_resources(args) -> int:
     if model.spiking is None:
         raise CheckpointError(f"{args.checkpoint}: no spiking branch (spiking.enabled=false)")
     if not meta.get("deploy"):  # a float run: calibrate the input payload scale on its data first
-        if args.allow_pickle:
-            cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+        cfg = _with_pickle(cfg, args)
         calibrate(model, load_benchmark(cfg.data).splits["stage_2_train"], resolve_device(cfg.train.device))
     network, _ = model.spiking.chip.to_fixed_point()
     report = resource_report(network)
@@ -279,9 +282,7 @@ def cmd_eval(args) -> int:
     model, cfg, meta = load_run(args.checkpoint)
     if any(not o.startswith("data.") for o in args.overrides):
         raise CheckpointError("eval: only [data] keys can be overridden (the model is the checkpoint's)")
-    cfg = config_mod.load(overrides=args.overrides, base=cfg)
-    if args.allow_pickle:
-        cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+    cfg = _with_pickle(config_mod.load(overrides=args.overrides, base=cfg), args)
     bench = load_benchmark(cfg.data)
     split = bench.splits["stage_2_test_seen"]
     for what, got, want in (("audio", split.audio.shape[-1], meta["audio_dim"]),

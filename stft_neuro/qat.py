@@ -10,7 +10,6 @@ A QAT run is not resumable (it is short); rerun it instead.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Callable

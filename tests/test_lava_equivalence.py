@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stft_neuro.hw_targets.loihi2 import arithmetic as A
 from stft_neuro.hw_targets.loihi2 import constants as C
+from stft_neuro.hw_targets.loihi2 import weights as W
 from stft_neuro.sim import lava_runner
 from stft_neuro.sim.reference import ReferenceSimulator
 
@@ -68,4 +68,4 @@ def test_effective_weights_match_lava_weightutils(seed):
     w = rng.integers(lo, hi + 1, (5, 7))
     mode = determine_sign_mode(w)
     expected = truncate_weights(clip_weights(w, mode, num_bits=8), mode, 8)
-    np.testing.assert_array_equal(A.lava_effective_weights(w), expected)
+    np.testing.assert_array_equal(W.lava_effective_weights(w), expected)

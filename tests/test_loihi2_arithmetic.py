@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from stft_neuro.hw_targets.loihi2 import arithmetic as A
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2 import quantize as Q
+from stft_neuro.hw_targets.loihi2 import weights as W
 from stft_neuro.sim.reference import ReferenceSimulator
 
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True)
@@ -107,7 +108,7 @@ def test_quantize_is_pure_and_within_limits():
         np.testing.assert_array_equal(a.weight, b.weight)
         np.testing.assert_array_equal(a.bias, b.bias)
     for lay, info in zip(net.layers, report.layers):
-        np.testing.assert_array_equal(A.lava_effective_weights(lay.weight), lay.weight)
+        np.testing.assert_array_equal(W.lava_effective_weights(lay.weight), lay.weight)
         assert 0 <= lay.vth <= C.VTH_MAX and 0 <= lay.du <= C.DECAY_MAX and 0 <= lay.dv <= C.DECAY_MAX
         assert C.WEIGHT_EXP_MIN <= lay.weight_exp <= C.WEIGHT_EXP_MAX
         assert C.BIAS_EXP_MIN <= lay.bias_exp <= C.BIAS_EXP_MAX

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stft_neuro.hw_targets.loihi2 import arithmetic as A
+from stft_neuro.hw_targets.loihi2 import weights as W
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
 from stft_neuro.sim.backend import run_by_steps
@@ -26,7 +27,7 @@ def random_network(seed: int, n_layers: int = 3, input_bits: int = 8, extreme: b
     for l in range(n_layers):
         n_in, n_out = sizes[l], sizes[l + 1]
         mode = rng.choice(["mixed", "mixed", "excitatory", "inhibitory"])
-        lo, hi, step = A.weight_range(str(mode))
+        lo, hi, step = W.weight_range(str(mode))
         w = rng.integers(lo // step, hi // step + 1, (n_out, n_in)) * step
         w = w * (rng.random((n_out, n_in)) < 0.7)  # some zeros
         # Lava's precondition: |a| << 6 within a single u wrap (|a| <= 2**18); 2**17 keeps wraps

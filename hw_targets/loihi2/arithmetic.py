@@ -49,18 +49,12 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
-from stft_neuro.hw_targets.loihi2.weights import (  # noqa: F401  (re-exported)
-    effective_bias,
-    lava_effective_weights,
-    weight_range,
-    weight_sign_mode,
-)
+from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
 from stft_neuro.sim.backend import ChipState
 
 SpikeFn = Callable[[Tensor], Tensor]
