@@ -53,7 +53,7 @@ def main() -> int:
             res = qat_finetune(float_dir, qat_dir, [f"train.epochs={args.qat_epochs}",
                                                     f"train.lr={args.qat_lr}"], bench=bench)
             model, _, meta = load_run(qat_dir)
-            sim = ReferenceSimulator(model.spiking.chip.to_fixed_point()[0])
+            sim = ReferenceSimulator(model.spiking.deployment_plan()[0])
             via_ref = evaluate_split_pair(model, bench, 2, torch.device("cpu"),
                                           float(meta["progress"]["best_bias"]), backend=sim).to_dict()
         res["reference_simulator"] = via_ref

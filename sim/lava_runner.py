@@ -1,7 +1,7 @@
-"""Run a :class:`FixedPointNetwork` in Lava's CPU simulator (``Loihi2SimCfg``, ``fixed_pt``), step by step.
+"""Run a deployment plan's fixed-point network in Lava's CPU simulator (``Loihi2SimCfg``, ``fixed_pt``), step by step.
 
 The only module of the project that imports Lava, and only inside functions: everything else runs
-without it. :class:`LavaRunner` implements the step contract of ``sim/backend.py``.
+without it. :class:`LavaRunner` implements the step contract of ``stft_neuro/contract.py``.
 
 What it builds per sample (Lava processes, all ``fixed_pt`` bit-accurate models)::
 
@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
-from stft_neuro.sim.backend import ChipState
+from stft_neuro.contract import ChipState
+from stft_neuro.hw_targets.errors import ChipInputError
+from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 
 _LAVA: dict[str, Any] = {}
 
@@ -130,13 +131,17 @@ class LavaRunner:
     """The step contract on Lava's ``fixed_pt`` CPU simulator, one sample at a time.
 
     Args:
-        network: the fixed-point network.
+        plan: the deployment plan; payloads and thetas are checked against it
+            (``plan.check_payload`` / ``plan.check_theta``) before Lava starts.
         read_state: read u, v and ``a_buff`` back after each run (``Var.get``, a few ms per
             variable); if False the returned state is None (benchmarks).
     """
 
-    def __init__(self, network: FixedPointNetwork, *, read_state: bool = True) -> None:
-        self.network = network
+    def __init__(self, plan: DeploymentPlan, *, read_state: bool = True) -> None:
+        if not isinstance(plan, DeploymentPlan):
+            raise TypeError(f"LavaRunner takes a DeploymentPlan, got {type(plan).__name__}")
+        self.plan = plan
+        self.network = plan.network
         self.read_state = read_state
         self.timing = LavaTiming()
 
@@ -150,6 +155,9 @@ class LavaRunner:
 
     def step(self, x_t: Tensor, theta_t: Tensor | None, state: ChipState
              ) -> tuple[tuple[Tensor, ...], ChipState]:
+        self.plan.check_payload(x_t)  # checked as sent, so errors name (B, n) indices
+        if theta_t is not None:
+            self.plan.check_theta(theta_t)
         spikes, state = self.run(x_t[None], None if theta_t is None else theta_t[None], state)
         return tuple(s[0] for s in spikes), state
 
@@ -160,9 +168,19 @@ class LavaRunner:
         Returns float32 spikes ``(T, B, n_l)`` per layer and the final state (float64 tensors of
         integers; None if ``read_state`` is False).
         """
+        x = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+        theta = theta if theta is None or isinstance(theta, Tensor) else torch.as_tensor(np.asarray(theta))
+        self.plan.check_payload(x)
+        if x.dim() != 3:
+            raise ChipInputError(f"payload: run takes (T, B, {self.plan.n_in}), got {tuple(x.shape)}")
+        if theta is not None:
+            self.plan.check_theta(theta)
+            if tuple(theta.shape[:2]) != tuple(x.shape[:2]):
+                raise ChipInputError(f"theta: shape {tuple(theta.shape)} does not match the "
+                                     f"payload's (T, B) = {tuple(x.shape[:2])}")
         T, B = int(x.shape[0]), int(x.shape[1])
-        xs = _as_int_array(x, "x")
-        th = None if theta is None else _as_int_array(theta, "theta")
+        xs = _as_int_array(x)
+        th = None if theta is None else _as_int_array(theta)
         self.timing = LavaTiming()
         out = [np.zeros((T, B, n), dtype=np.float32) for n in self.network.sizes[1:]]
         states = []
@@ -282,9 +300,7 @@ def _shutdown(proc: Any, injector: Any, th_injectors: list, extractors: list, st
         proc.stop()
 
 
-def _as_int_array(t: Tensor | np.ndarray, what: str) -> np.ndarray:
+def _as_int_array(t: Tensor | np.ndarray) -> np.ndarray:
+    """Checked integer payloads / thetas (``plan.check_*`` ran first) as int64 numpy."""
     a = t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
-    ai = np.rint(a).astype(np.int64)
-    if not np.array_equal(ai, a):
-        raise ValueError(f"LavaRunner: {what} must hold integers (Loihi payload / mantissa units)")
-    return ai
+    return np.rint(a).astype(np.int64)

@@ -1,7 +1,7 @@
 """A fast, batched, bit-exact simulator of Loihi 2's fixed-point Dense + LIF arithmetic (torch).
 
-:class:`ReferenceSimulator` implements the step contract of ``sim/backend.py`` for a
-:class:`~stft_neuro.hw_targets.loihi2.network.FixedPointNetwork`. It computes exactly what Lava's
+:class:`ReferenceSimulator` implements the step contract of ``stft_neuro/contract.py`` for a
+:class:`~stft_neuro.hw_targets.loihi2.plan.DeploymentPlan`. It computes exactly what Lava's
 ``fixed_pt`` models compute (``hw_targets/loihi2/arithmetic.py`` is the definition; the tests
 check the two against each other and against Lava), without autograd, on CPU or CUDA.
 
@@ -25,7 +25,9 @@ How it is fast and still exact:
   (``64 * max|a| * 4096 / (du + 1)``) stays below ``2**23``; v's clip is always applied.
 
 Spikes are returned as float32 0/1 tensors ``(T, B, n_l)``; the state (:class:`ChipState`) holds
-float64 tensors of integer values. ``theta`` is in threshold-mantissa units (integers).
+float64 tensors of integer values. ``theta`` is in threshold-mantissa units (integers). Payloads and
+thetas are checked against the plan (``plan.check_payload`` / ``plan.check_theta``) before anything
+runs: the same errors as the torch deploy mode and Lava.
 """
 from __future__ import annotations
 
@@ -39,11 +41,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stft_neuro.hw_targets.errors import ChipInputError
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.arithmetic import FLOAT32_EXACT_MAX, payload_max
-from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
+from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
-from stft_neuro.sim.backend import ChipState
+from stft_neuro.contract import ChipState
 
 STATE_DTYPE = torch.float64
 SPIKE_DTYPE = torch.float32
@@ -76,18 +79,21 @@ def _layer_bounds(w: np.ndarray, pmax: int, weight_exp: int, du: int) -> tuple[i
 
 
 class ReferenceSimulator:
-    """Bit-exact batched simulator of a :class:`FixedPointNetwork` (the ``SpikingBackend`` contract).
+    """Bit-exact batched simulator of a :class:`DeploymentPlan` (the ``SpikingBackend`` contract).
 
     Args:
-        network: the fixed-point network (weights are made Lava-effective here, as Lava does).
+        plan: the deployment plan (its network's weights are made Lava-effective here, as Lava does).
         device: torch device for all tensors (``"cpu"``, ``"cuda"``).
 
     ``x`` is the host's graded-spike payload (integers), ``theta`` the threshold modulation in
     mantissa units (integers, added to each layer's ``vth``), both float or integer tensors.
     """
 
-    def __init__(self, network: FixedPointNetwork, device: str | torch.device = "cpu") -> None:
-        self.network = network
+    def __init__(self, plan: DeploymentPlan, device: str | torch.device = "cpu") -> None:
+        if not isinstance(plan, DeploymentPlan):
+            raise TypeError(f"ReferenceSimulator takes a DeploymentPlan, got {type(plan).__name__}")
+        self.plan = plan
+        network = self.network = plan.network
         self.device = torch.device(device)
         tf32 = self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
         if tf32:
@@ -143,6 +149,9 @@ class ReferenceSimulator:
 
     def step(self, x_t: Tensor, theta_t: Tensor | None, state: ChipState
              ) -> tuple[tuple[Tensor, ...], ChipState]:
+        self.plan.check_payload(x_t)  # checked as sent, so errors name (B, n) indices
+        if theta_t is not None:
+            self.plan.check_theta(theta_t)
         spikes, state = self.run(x_t[None], None if theta_t is None else theta_t[None], state)
         return tuple(s[0] for s in spikes), state
 
@@ -153,10 +162,15 @@ class ReferenceSimulator:
 
         Does not modify ``state`` (or any argument).
         """
+        self.plan.check_payload(x)
+        if x.dim() != 3:
+            raise ChipInputError(f"payload: run takes (T, B, {self.plan.n_in}), got {tuple(x.shape)}")
+        if theta is not None:
+            self.plan.check_theta(theta)
+            if tuple(theta.shape[:2]) != tuple(x.shape[:2]):
+                raise ChipInputError(f"theta: shape {tuple(theta.shape)} does not match the "
+                                     f"payload's (T, B) = {tuple(x.shape[:2])}")
         B = int(x.shape[1])
-        if x.shape[2] != self.network.n_in:
-            raise ValueError(f"ReferenceSimulator.run: x has {x.shape[2]} inputs, the network "
-                             f"expects {self.network.n_in}")
         if state is None:
             state = self.reset(B)
         inp = x.to(self.device)

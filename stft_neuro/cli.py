@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "../shared/data/avgzsl is there).")
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder (default runs/demo)")
     _add_config_args(p)
+
+    from stft_neuro.run_nir import add_parser as add_run_nir_parser
+    add_run_nir_parser(sub)
     return parser
 
 
@@ -262,8 +265,8 @@ def cmd_resources(args) -> int:
     if not meta.get("deploy"):  # a float run: calibrate the input payload scale on its data first
         cfg = _with_pickle(cfg, args)
         calibrate(model, load_benchmark(cfg.data).splits["stage_2_train"], resolve_device(cfg.train.device))
-    network, _ = model.spiking.chip.to_fixed_point()
-    report = resource_report(network)
+    plan, _ = model.spiking.deployment_plan()
+    report = resource_report(plan.network)
     report["quantization"] = quantization_summary(model)
     q = report["quantization"]
     text = format_resource_report(report) + "\n\nquantization: " + ", ".join(
@@ -301,7 +304,7 @@ def cmd_eval(args) -> int:
             raise CheckpointError(f"{args.checkpoint}: --backend reference needs a QAT run "
                                   "(stft-neuro train --qat --from RUN); this is a float run")
         from stft_neuro.sim.reference import ReferenceSimulator
-        backend = ReferenceSimulator(model.spiking.chip.to_fixed_point()[0], device=device)
+        backend = ReferenceSimulator(model.spiking.deployment_plan()[0], device=device)
     metrics = evaluate_split_pair(model.to(device), bench, 2, device, bias, backend=backend)
     result = {"checkpoint": str(args.checkpoint), "backend": args.backend, "stage2_test": metrics.to_dict()}
     _print(result, args.json, _results_table(result))
@@ -341,11 +344,11 @@ def _deployment_check(run: Path, bench) -> str:
     device = resolve_device(cfg.train.device)
     calibrate(model, bench.splits["stage_2_train"], device)
     model.spiking.set_deploy(True)
-    network, quant = model.spiking.chip.to_fixed_point()
-    rep = resource_report(network)
+    plan, quant = model.spiking.deployment_plan()
+    rep = resource_report(plan.network)
     bias = float(meta["progress"]["best_bias"])
     metrics = evaluate_split_pair(model.to(device), bench, 2, device, bias,
-                                  backend=ReferenceSimulator(network, device=device))
+                                  backend=ReferenceSimulator(plan, device=device))
     rules = rep["design_rules"]
     return (f"design rules: {'pass' if rules['passed'] else 'FAIL'} ({len(rules['rules_checked'])} "
             f"checked, {rules['errors']} errors, {rules['warnings']} warnings); "
@@ -358,8 +361,17 @@ COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": 
             "resources": cmd_resources, "demo": cmd_demo}
 
 
+def cmd_run_nir(args) -> int:
+    from stft_neuro.run_nir import main as run_nir_main
+    return run_nir_main(args)
+
+
+COMMANDS["run-nir"] = cmd_run_nir
+
+
 def main(argv: list[str] | None = None) -> int:
     from stft_neuro.errors import UserError
+    from stft_neuro.hw_targets.errors import TargetError
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except UserError as exc:
+    except (UserError, TargetError) as exc:
         print(f"stft-neuro: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

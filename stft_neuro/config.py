@@ -106,7 +106,7 @@ class TrainConfig:
     """Training as in AVCA (Adam, weight decay, ReduceLROnPlateau), sized for 2 CPU cores.
 
     ``lr`` is 3e-4, not AVCA's 1e-3: at 1e-3 (no warm-up) the attention layers do not train on the
-    synthetic benchmark (loss stays at log C), at 3e-4 they do. ``qat``: fine-tune in deploy mode.
+    synthetic benchmark (loss stays at log C), at 3e-4 they do.
     """
 
     epochs: int = 20
@@ -118,7 +118,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     stages: str = "both"
-    qat: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def lava_smoke(steps: int = 4) -> dict:
     import torch
 
     from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
+    from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
     from stft_neuro.sim.lava_runner import LavaRunner
     from stft_neuro.sim.reference import ReferenceSimulator
 
@@ -49,12 +50,12 @@ def lava_smoke(steps: int = 4) -> dict:
     layer = FixedPointLayer(name="lif1", weight=rng.integers(-60, 60, size=(4, 3)) * 2,
                             weight_exp=0, du=400, dv=300, vth=40,
                             bias_mant=np.zeros(4, dtype=np.int64), bias_exp=0, num_message_bits=8)
-    net = FixedPointNetwork(layers=(layer,))
+    plan = DeploymentPlan.of_network(FixedPointNetwork(layers=(layer,)), steps)
     x = torch.as_tensor(rng.integers(0, 100, size=(steps, 1, 3)), dtype=torch.float32)
     t0 = time.perf_counter()
-    lava_spikes, _ = LavaRunner(net).run(x)
+    lava_spikes, _ = LavaRunner(plan).run(x)
     seconds = time.perf_counter() - t0
-    ref_spikes, _ = ReferenceSimulator(net).run(x)
+    ref_spikes, _ = ReferenceSimulator(plan).run(x)
     same = all(torch.equal(a.cpu().float(), b.cpu().float()) for a, b in zip(lava_spikes, ref_spikes))
     return {"ran": True, "steps": steps, "seconds": round(seconds, 3), "matches_reference": bool(same),
             "spikes": int(sum(float(s.sum()) for s in lava_spikes))}

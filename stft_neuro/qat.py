@@ -39,7 +39,7 @@ def calibrate(model: STFT, split: Split, device: torch.device, n: int = CALIBRAT
 
 
 def quantization_summary(model: STFT) -> dict:
-    network, report = model.spiking.chip.to_fixed_point()
+    _, report = model.spiking.deployment_plan()
     return {"input_scale": report.input_scale, "input_bits": report.input_bits,
             "weights_saturated": report.weights_saturated,
             "layers": [{"name": i.name, "weights": i.n_weights, "weights_saturated": i.weights_saturated,
@@ -57,7 +57,7 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
     model, cfg, meta = load_run(float_run)
     if meta.get("deploy"):
         raise CheckpointError(f"{float_run} is already a QAT run; give the float run it came from")
-    cfg = config_mod.load(overrides=[*(overrides or []), "train.qat=true"], base=cfg)
+    cfg = config_mod.load(overrides=overrides or [], base=cfg)
     device = resolve_device(cfg.train.device)
     bench = bench or load_benchmark(cfg.data)
     model = model.to(device)

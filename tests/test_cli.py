@@ -64,6 +64,7 @@ def test_eval_rejects_what_is_not_a_checkpoint(capsys, tmp_path, make):
     assert_one_line_error(code, err, str(path))
 
 
+@pytest.mark.lava
 def test_doctor_json_without_lava_run(capsys):
     code, out, _ = run_cli(capsys, "doctor", "--json", "--no-lava-run")
     report = json.loads(out)
@@ -168,6 +169,7 @@ def test_bad_data_is_one_line(capsys, tmp_path, overrides, fragment):
     assert_one_line_error(code, err, fragment)
 
 
+@pytest.mark.lava  # the demo starts with doctor, which runs Lava
 def test_demo_runs_to_its_end_on_a_tiny_config(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), *_sets(*TINY))
     assert code == 0

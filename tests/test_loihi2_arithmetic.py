@@ -12,6 +12,7 @@ from stft_neuro.hw_targets.loihi2 import arithmetic as A
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2 import quantize as Q
 from stft_neuro.hw_targets.loihi2 import weights as W
+from stft_neuro.hw_targets.loihi2.ste import straight_through
 from stft_neuro.sim.reference import ReferenceSimulator
 
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True)
@@ -56,11 +57,13 @@ def test_straight_through_gradients():
     x.grad = None
     A.shift_floor(x, -3).sum().backward()
     assert torch.allclose(x.grad, torch.full_like(x, 1 / 8))
-    w = torch.randn(4, 3, requires_grad=True)
-    q = Q.fake_quantize_weight(w, 50.0)
-    assert torch.equal(q, q.round()) and bool((q % 2 == 0).all())
+
+    w = torch.tensor([0.3, 1000.7, -1e6, 1e-30], dtype=torch.float32, requires_grad=True)
+    exact = torch.tensor([0.0, 254.0, -256.0, 0.0], dtype=torch.float32)  # clamped far away
+    q = straight_through(w, exact, 50.0)
+    assert torch.equal(q, exact)  # bit-exact even where exact and the linear value are far apart
     q.sum().backward()
-    assert torch.allclose(w.grad, torch.full_like(w, 50.0))
+    assert torch.equal(w.grad, torch.full_like(w, 50.0))
 
 
 def _sigmoid_surrogate(x: torch.Tensor) -> torch.Tensor:
@@ -79,25 +82,24 @@ def _float_layers(seed: int, sizes=(16, 12, 8)):
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10 ** 6))
 def test_qat_deploy_path_equals_reference_and_has_gradients(seed):
-    """The torch QAT path (qat_layer_arith + chip_run) == ReferenceSimulator(quantize_network)."""
+    """The torch QAT path (the plan's integers under STE + chip_run) == ReferenceSimulator(plan)."""
     layers_f = _float_layers(seed)
     rng = np.random.default_rng(seed + 7)
-    x_f = torch.tensor(rng.normal(0, 1, (10, 3, 16)), dtype=torch.float32)
-    in_scale = Q.input_scale_for(float(x_f.abs().max()), 8)
-    net, report = Q.quantize_network(layers_f, in_scale, 8)
+    x_f = torch.tensor(rng.normal(0, 1, (10, 3, 16)), dtype=torch.float32, requires_grad=True)
+    in_scale = Q.input_scale_for(float(x_f.detach().abs().max()), 8)
+    plan, report = Q.plan_from_float(layers_f, in_scale, 8, num_steps=10)
     assert report.weights_saturated == 0
     params = [torch.tensor(lay.weight, dtype=torch.float32, requires_grad=True) for lay in layers_f]
     biases = [torch.tensor(lay.bias, dtype=torch.float32, requires_grad=True) for lay in layers_f]
-    arith = [Q.qat_layer_arith(w, b, lay.du, lay.dv, lay.threshold,
-                               in_scale if l == 0 else 1.0, 8 if l == 0 else 0)[0]
-             for l, (w, b, lay) in enumerate(zip(params, biases, layers_f))]
-    x_q = Q.quantize_input(x_f, in_scale, 8)
+    arith = Q.qat_layers(plan, report, params, biases)
+    x_q = plan.encode_input(x_f)
     spikes, _ = A.chip_run(x_q, None, None, arith, spike_fn=_sigmoid_surrogate)
-    ref_spikes, _ = ReferenceSimulator(net).run(x_q.detach())
+    ref_spikes, _ = ReferenceSimulator(plan).run(x_q.detach())
     for a, b in zip(spikes, ref_spikes):
         assert torch.equal(a.detach(), b)
     sum(s.sum() for s in spikes).backward()
     assert params[0].grad is not None and torch.isfinite(params[0].grad).all()
+    assert x_f.grad is not None and float(x_f.grad.abs().sum()) > 0  # through the payload STE
 
 
 def test_quantize_is_pure_and_within_limits():

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from stft_neuro.errors import UserError
+from stft_neuro.hw_targets.errors import DesignRuleError
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2 import rules as R
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
@@ -80,7 +80,7 @@ def test_broken_network_reports_every_violation_with_layer_and_amount():
 
 
 def test_ensure_deployable_lists_all_violations_in_one_error():
-    with pytest.raises(UserError) as info:
+    with pytest.raises(DesignRuleError) as info:
         R.ensure_deployable(broken_network())
     msg = str(info.value)
     for text in ("weight 300 > 254 (by 46)", "vth 200000 > 131071 (by 68929)",

@@ -7,11 +7,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stft_neuro.hw_targets.errors import ChipInputError
 from stft_neuro.hw_targets.loihi2 import arithmetic as A
 from stft_neuro.hw_targets.loihi2 import weights as W
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
-from stft_neuro.sim.backend import run_by_steps
+from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
+from stft_neuro.contract import run_by_steps
 from stft_neuro.sim.reference import ReferenceSimulator
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
@@ -50,13 +52,23 @@ def random_network(seed: int, n_layers: int = 3, input_bits: int = 8, extreme: b
     return FixedPointNetwork(tuple(layers))
 
 
+def plan_of(net: FixedPointNetwork, num_steps: int = 10) -> DeploymentPlan:
+    """A plan around a network given in Loihi units (payload and threshold units of 1)."""
+    return DeploymentPlan.of_network(net, num_steps)
+
+
 def random_inputs(net: FixedPointNetwork, seed: int, T: int, B: int, theta: bool = True):
+    """Payloads over the whole input range; thetas in [-200, 200] clamped to each layer's legal
+    range (``vth + theta`` in ``[0, VTH_MAX]``), so layers with a small vth see theta at its limit."""
     rng = np.random.default_rng(seed + 1)
     b = net.layers[0].num_message_bits
     x = torch.tensor(rng.integers(-(2 ** (b - 1)), 2 ** (b - 1), (T, B, net.n_in)),
                      dtype=torch.float64)
-    th = (torch.tensor(rng.integers(-200, 200, (T, B, len(net.layers))), dtype=torch.float64)
-          if theta else None)
+    th = None
+    if theta:
+        th = torch.tensor(rng.integers(-200, 200, (T, B, len(net.layers))), dtype=torch.float64)
+        vth = torch.tensor([float(layer.vth) for layer in net.layers], dtype=torch.float64)
+        th = torch.maximum(torch.minimum(th, C.VTH_MAX - vth), -vth)
     return x, th
 
 
@@ -78,7 +90,7 @@ def assert_state_equal(a, b):
 def test_reference_equals_arithmetic_steps(seed, T, B, n_layers, extreme, theta):
     net = random_network(seed, n_layers, extreme=extreme)
     x, th = random_inputs(net, seed, T, B, theta)
-    ref = ReferenceSimulator(net)
+    ref = ReferenceSimulator(plan_of(net))
     spikes, state = ref.run(x, th)
     layers = A.network_arith(net, dtype=torch.float64)
     spikes_a, state_a = A.chip_run(x, th, None, layers)
@@ -99,7 +111,7 @@ def test_run_equals_steps_and_chunks(seed, T, split, extreme):
     split = min(split, T - 1)
     net = random_network(seed, 3, extreme=extreme)
     x, th = random_inputs(net, seed, T, 3)
-    ref = ReferenceSimulator(net)
+    ref = ReferenceSimulator(plan_of(net))
     spikes, state = ref.run(x, th)
     spikes_s, state_s = run_by_steps(ref, x, th)
     assert_spikes_equal(spikes, spikes_s)
@@ -115,7 +127,7 @@ def test_run_equals_steps_and_chunks(seed, T, split, extreme):
 def test_batch_invariance(seed, B):
     net = random_network(seed, 2)
     x, th = random_inputs(net, seed, 8, B)
-    ref = ReferenceSimulator(net)
+    ref = ReferenceSimulator(plan_of(net))
     spikes, state = ref.run(x, th)
     for b in range(B):
         sb, stb = ref.run(x[:, b:b + 1], th[:, b:b + 1])
@@ -128,7 +140,7 @@ def test_batch_invariance(seed, B):
 def test_states_stay_in_bit_ranges(seed, extreme):
     net = random_network(seed, 3, extreme=extreme)
     x, th = random_inputs(net, seed, 10, 4)
-    ref = ReferenceSimulator(net)
+    ref = ReferenceSimulator(plan_of(net))
     state = ref.reset(4)
     for t in range(10):
         spikes, state = ref.step(x[t], th[t], state)
@@ -143,7 +155,7 @@ def test_states_stay_in_bit_ranges(seed, extreme):
 def test_run_does_not_mutate_state():
     net = random_network(3, 2)
     x, th = random_inputs(net, 3, 5, 2)
-    ref = ReferenceSimulator(net)
+    ref = ReferenceSimulator(plan_of(net))
     _, st1 = ref.run(x, th)
     copy = tuple(tuple(t.clone() for t in f) for f in st1)
     ref.run(x, th, st1)
@@ -152,15 +164,15 @@ def test_run_does_not_mutate_state():
 
 def test_wrong_input_width_is_a_clear_error():
     net = random_network(4, 1)
-    with pytest.raises(ValueError, match="inputs"):
-        ReferenceSimulator(net).run(torch.zeros(2, 1, net.n_in + 1))
+    with pytest.raises(ChipInputError, match="inputs"):
+        ReferenceSimulator(plan_of(net)).run(torch.zeros(2, 1, net.n_in + 1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_equals_cpu():
     net = random_network(5, 3)
     x, th = random_inputs(net, 5, 10, 8)
-    s_cpu, st_cpu = ReferenceSimulator(net).run(x, th)
-    s_gpu, st_gpu = ReferenceSimulator(net, device="cuda").run(x.cuda(), th.cuda())
+    s_cpu, st_cpu = ReferenceSimulator(plan_of(net)).run(x, th)
+    s_gpu, st_gpu = ReferenceSimulator(plan_of(net), device="cuda").run(x.cuda(), th.cuda())
     assert_spikes_equal(s_cpu, s_gpu)
     assert_state_equal(st_cpu, st_gpu)

@@ -10,7 +10,7 @@ import torch
 from stft_neuro.config import SpikingConfig
 from stft_neuro.model.host import SpikingBranch, bin_matrix
 from stft_neuro.model.spiking import ChipNetwork
-from stft_neuro.sim.backend import run_by_steps
+from stft_neuro.contract import run_by_steps
 
 
 def _inputs(seed: int = 0, batch: int = 5, seconds: int = 7, dim: int = 12):
@@ -42,6 +42,10 @@ class OutsideDriver:
     @property
     def sizes(self):
         return self.chip.sizes
+
+    @property
+    def plan(self):
+        return self.chip.plan
 
     def reset(self, batch):
         return self.chip.reset(batch)

@@ -3,7 +3,7 @@
 One definition of the integer arithmetic, used three ways:
 
 1. **Quantization-aware training / torch deploy mode**: inputs are float tensors that hold integer
-   values (e.g. weights from :func:`~stft_neuro.hw_targets.loihi2.quantize.fake_quantize_weight`).
+   values (the plan's weights wrapped by :func:`~stft_neuro.hw_targets.loihi2.quantize.qat_layers`).
    The forward pass is exact; every rounding, shift, wrap and clip has a straight-through backward
    (the gradient of ``y = round(k * x)`` is ``k``; of a wrap/clip, 1). The spike nonlinearity is the
    caller's ``spike_fn`` (a surrogate-gradient Heaviside), applied to ``v - (vth_eff << 6)``.
@@ -54,8 +54,9 @@ from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
+from stft_neuro.contract import ChipState
+from stft_neuro.hw_targets.loihi2.ste import straight_through
 from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
-from stft_neuro.sim.backend import ChipState
 
 SpikeFn = Callable[[Tensor], Tensor]
 
@@ -71,14 +72,6 @@ FLOAT32_EXACT_MAX: int = 2 ** 24
 def _work(x: Tensor) -> Tensor:
     """The exact working dtype: float64 for float tensors, int64 for integer/bool tensors."""
     return x.to(torch.float64) if x.is_floating_point() else x.to(torch.int64)
-
-
-def _ste(x: Tensor, exact: Tensor, slope: float | Tensor = 1.0) -> Tensor:
-    """Value ``exact``; gradient ``slope`` w.r.t. ``x`` (straight through)."""
-    if not (x.is_floating_point() and x.requires_grad):
-        return exact
-    lin = x.to(exact.dtype) * slope
-    return lin + (exact - lin).detach()
 
 
 def heaviside(x: Tensor) -> Tensor:
@@ -98,7 +91,7 @@ def shift_floor(x: Tensor, exp: int) -> Tensor:
         y = torch.floor(w / (2 ** -exp))
     else:
         y = torch.bitwise_right_shift(w, -exp)
-    return _ste(x, y, 2.0 ** exp).to(x.dtype if x.is_floating_point() else torch.int64)
+    return straight_through(x, y, 2.0 ** exp).to(x.dtype if x.is_floating_point() else torch.int64)
 
 
 def decay(x: Tensor, decay_const: int) -> Tensor:
@@ -114,19 +107,19 @@ def decay(x: Tensor, decay_const: int) -> Tensor:
         y = torch.trunc(p / C.DECAY_UNITY)
     else:
         y = torch.sign(p) * torch.bitwise_right_shift(p.abs(), C.DECAY_SHIFT)
-    return _ste(x, y, keep / C.DECAY_UNITY).to(x.dtype if x.is_floating_point() else torch.int64)
+    return straight_through(x, y, keep / C.DECAY_UNITY).to(x.dtype if x.is_floating_point() else torch.int64)
 
 
 def wrap_u(u: Tensor) -> Tensor:
     """Lava's single wrap of u into ``(-2**23, 2**23]`` (``lif/models.py`` l.161-170); gradient 1."""
     y = torch.where(u > C.UV_MAX_VAL, u - C.U_WRAP, u)
     y = torch.where(y <= -C.UV_MAX_VAL, y + C.U_WRAP, y)
-    return _ste(u, y)
+    return straight_through(u, y)
 
 
 def clip_v(v: Tensor) -> Tensor:
     """Lava's saturation of v to ``[-(2**23) + 1, 2**23 - 1]`` (``lif/models.py`` l.186); gradient 1."""
-    return _ste(v, v.clamp(C.V_MIN, C.V_MAX))
+    return straight_through(v, v.clamp(C.V_MIN, C.V_MAX))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +200,7 @@ class LayerArith(NamedTuple):
     """One layer's parameters as :func:`chip_step` needs them.
 
     ``weight``: ``(n_out, n_in)`` Lava-effective integer weights (float tensor holding ints for QAT,
-    e.g. ``fake_quantize_weight(...)``; int64 otherwise). ``bias``: ``(n_out,)`` effective bias
+    e.g. ``quantize.qat_layers(...)``; int64 otherwise). ``bias``: ``(n_out,)`` effective bias
     (``bias_mant << bias_exp``). ``payload_max``: largest ``|input|`` (1 for binary spikes).
     """
 
@@ -254,7 +247,7 @@ def chip_step(x_t: Tensor, theta_t: Tensor | None, state: ChipState,
               layers: Sequence[LayerArith], spike_fn: SpikeFn | Sequence[SpikeFn] = heaviside,
               detach_reset: bool = True) -> tuple[tuple[Tensor, ...], ChipState]:
     """One timestep of the Dense -> LIF stack, as Lava runs it (the step contract of
-    ``sim/backend.py``).
+    ``stft_neuro/contract.py``).
 
     Args:
         x_t: ``(B, n_in)`` graded-spike payloads from the host (integers).

@@ -1,5 +1,9 @@
-"""From float Dense + LIF layers to Loihi 2's fixed-point units (:class:`FixedPointNetwork`), and the
-straight-through fake-quantizers that quantization-aware training uses.
+"""The one quantizer: float Dense + LIF layers -> Loihi 2's fixed-point units and the deployment plan.
+
+Every integer (weights, ``weight_exp``, bias mantissa/exponent, decays, thresholds, input and
+threshold scales) is computed here, once, in float64, from the float parameters
+(:func:`quantize_network`, :func:`plan_from_float`). Quantization-aware training does not quantize
+again: it wraps this result with straight-through gradients (:func:`qat_layers`).
 
 The float model is Lava's ``floating_pt`` LIF with a one-step Dense delay (see ``arithmetic.py``)::
 
@@ -45,9 +49,12 @@ import torch
 from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
-from stft_neuro.hw_targets.loihi2.arithmetic import LayerArith
-from stft_neuro.hw_targets.loihi2.weights import weight_range, weight_sign_mode
+from stft_neuro.hw_targets.loihi2.arithmetic import LayerArith, payload_max
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
+from stft_neuro.hw_targets.loihi2.plan import DEFAULT_DT_S, DeploymentPlan
+from stft_neuro.hw_targets.loihi2.ste import straight_through
+from stft_neuro.hw_targets.loihi2.weights import (effective_bias, lava_effective_weights, weight_range,
+                                                  weight_sign_mode)
 
 
 @dataclass(frozen=True)
@@ -151,16 +158,6 @@ def input_scale_for(max_abs_input: float, input_bits: int) -> float:
     return float(max_abs_input) / (2 ** (input_bits - 1) - 1) if max_abs_input > 0 else 1.0
 
 
-def quantize_input(x: Tensor, input_scale: float, input_bits: int) -> Tensor:
-    """Host input currents -> signed ``input_bits`` graded payloads (float tensor of integers).
-
-    ``round(x / input_scale)`` clipped to ``[-(2**(b-1)), 2**(b-1) - 1]``; straight-through gradient
-    ``1 / input_scale``."""
-    lo, hi = -(2 ** (input_bits - 1)), 2 ** (input_bits - 1) - 1
-    y = x / input_scale
-    return y + (torch.round(y).clamp(lo, hi) - y).detach()
-
-
 def choose_layer_scales(max_abs_weight: float, threshold: float, in_scale: float,
                         sign_mode: str = "mixed", threshold_headroom_bits: int = 2,
                         max_row_abs_sum: float = 0.0, n_in: int = 0, payload_max: int = 1
@@ -253,7 +250,7 @@ def quantize_network(layers: Sequence[FloatLayer], input_scale: float, input_bit
                      ) -> tuple[FixedPointNetwork, QuantizationReport]:
     """Float layers -> :class:`FixedPointNetwork` + :class:`QuantizationReport`.
 
-    Layer 0 receives the host's input quantized by :func:`quantize_input` (``input_scale``,
+    Layer 0 receives the host's input quantized by ``DeploymentPlan.encode_input`` (``input_scale``,
     ``input_bits``-bit graded spikes); later layers receive binary spikes (``in_scale = 1``).
     """
     if not 1 < input_bits <= C.INPUT_BITS_MAX:
@@ -269,53 +266,43 @@ def quantize_network(layers: Sequence[FloatLayer], input_scale: float, input_bit
 
 
 # ----------------------------------------------------------------------------------------------
-# Quantization-aware training (straight-through)
+# The deployment plan, and the same integers under straight-through gradients (QAT)
 # ----------------------------------------------------------------------------------------------
 
-def fake_quantize_weight(w: Tensor, scale: float | Tensor, sign_mode: str = "mixed") -> Tensor:
-    """Float weights -> float tensor holding the Lava-effective integer weights ``W_int``.
+def plan_from_float(layers: Sequence[FloatLayer], input_scale: float, input_bits: int,
+                    num_steps: int, dt: float = DEFAULT_DT_S, *, weight_clip_percentile: float = 100.0,
+                    threshold_headroom_bits: int = 2) -> tuple[DeploymentPlan, QuantizationReport]:
+    """Float layers -> the :class:`DeploymentPlan` every backend runs, and what quantizing cost.
 
-    Forward: ``clip(step * round(w * scale / step), lo, hi)`` exactly as :func:`quantize_layer`
-    (step 2 for mixed signs). Backward: straight through, ``dW_int/dw = scale``.
+    The only place where integers are computed from float parameters (float64, numpy): deploy-mode
+    training wraps this plan's integers with straight-through gradients (:func:`qat_layers`) instead
+    of computing them a second time, so the two cannot disagree.
     """
-    lo, hi, step = weight_range(sign_mode)
-    y = w * scale
-    q = (torch.round(y / step) * step).clamp(lo, hi)
-    return y + (q - y).detach()
+    network, report = quantize_network(layers, input_scale, input_bits,
+                                       weight_clip_percentile=weight_clip_percentile,
+                                       threshold_headroom_bits=threshold_headroom_bits)
+    plan = DeploymentPlan(network=network, input_scale=input_scale,
+                          threshold_scales=tuple(i.scales.threshold_scale for i in report.layers),
+                          num_steps=num_steps, dt=dt)
+    return plan, report
 
 
-def fake_quantize_int(x: Tensor, lo: float | None = None, hi: float | None = None) -> Tensor:
-    """``round(x)`` (optionally clipped), straight-through gradient 1."""
-    q = torch.round(x)
-    if lo is not None or hi is not None:
-        q = q.clamp(lo, hi)
-    return x + (q - x).detach()
+def qat_layers(plan: DeploymentPlan, report: QuantizationReport, weights: Sequence[Tensor],
+               biases: Sequence[Tensor]) -> list[LayerArith]:
+    """The plan's layers as :class:`LayerArith` for ``arithmetic.chip_step``, differentiable.
 
-
-def qat_layer_arith(weight: Tensor, bias: Tensor, du: float, dv: float, threshold: float,
-                    in_scale: float, num_message_bits: int = 0, *,
-                    threshold_headroom_bits: int = 2) -> tuple[LayerArith, LayerScales]:
-    """Deploy-mode parameters of one layer for :func:`arithmetic.chip_step`, differentiable.
-
-    ``weight`` ``(n_out, n_in)`` and ``bias`` ``(n_out,)`` are the float parameters (tensors with
-    gradients). The scales are chosen from their current values (no gradient through the choice),
-    exactly as :func:`quantize_layer` would, so ``chip_step`` with these parameters equals the
-    ``ReferenceSimulator`` / Lava run of ``quantize_network`` of the same float layers.
-    Returns ``(LayerArith, LayerScales)``; weights and bias hold integers, gradients straight-through.
+    ``weights[l]`` ``(n_out, n_in)`` and ``biases[l]`` ``(n_out,)`` are the float parameters the plan
+    was quantized from. Forward values are the plan's integers exactly (Lava-effective weights,
+    ``bias_mant << bias_exp``); gradients flow straight through with slopes ``k`` (weights) and
+    ``S`` (bias), the scales of ``report``.
     """
-    w_det = weight.detach().cpu().double().numpy()
-    mode = weight_sign_mode(w_det)
-    pmax = 1 if num_message_bits == 0 else 2 ** (num_message_bits - 1)
-    sc = choose_layer_scales(float(np.abs(w_det).max(initial=0.0)), threshold, in_scale, mode,
-                             threshold_headroom_bits, float(np.abs(w_det).sum(axis=1).max(initial=0.0)),
-                             w_det.shape[1], pmax)
-    w_int = fake_quantize_weight(weight, sc.weight_scale, mode)
-    b_scaled = bias * sc.state_scale
-    _, bias_exp, _ = _bias_to_int(b_scaled.detach().cpu().double().numpy())
-    b_int = fake_quantize_int(b_scaled / 2 ** bias_exp, C.BIAS_MANT_MIN, C.BIAS_MANT_MAX) * 2 ** bias_exp
-    du_i, dv_i = decay_to_int(du, dv)
-    vth = int(np.clip(round(threshold * sc.threshold_scale), 0, C.VTH_MAX))
-    pmax = 1 if num_message_bits == 0 else 2 ** (num_message_bits - 1)
-    return LayerArith(weight=w_int, weight_exp=sc.weight_exp, du=du_i, dv=dv_i, vth=vth,
-                      bias=b_int, payload_max=pmax), sc
-
+    out = []
+    for layer, info, w, b in zip(plan.network.layers, report.layers, weights, biases):
+        w_eff = torch.as_tensor(lava_effective_weights(layer.weight), device=w.device).to(w.dtype)
+        b_eff = torch.as_tensor(effective_bias(layer.bias_mant, layer.bias_exp), device=b.device).to(b.dtype)
+        out.append(LayerArith(weight=straight_through(w, w_eff, info.scales.weight_scale),
+                              weight_exp=int(layer.weight_exp), du=int(layer.du), dv=int(layer.dv),
+                              vth=int(layer.vth),
+                              bias=straight_through(b, b_eff, info.scales.state_scale),
+                              payload_max=payload_max(layer)))
+    return out

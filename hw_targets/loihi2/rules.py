@@ -1,7 +1,7 @@
 """Design rules for Loihi 2: named pure functions ``rule(network, target) -> list[Violation]``.
 
 ``check`` runs every rule in :data:`RULES` and returns every violation at once;
-``ensure_deployable`` raises one :class:`~stft_neuro.errors.UserError` that lists all of them.
+``ensure_deployable`` raises one :class:`~stft_neuro.hw_targets.errors.DesignRuleError` that lists all of them.
 Each message names the rule, the layer, the value, the limit and by how much it is exceeded, e.g.
 ``Design rule weight_mantissa_8bit: layer lif2 has weight 300 > 254 (by 46) ...``.
 
@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from stft_neuro.errors import UserError
+from stft_neuro.hw_targets.errors import DesignRuleError
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.mapping import Mapping, map_network
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
@@ -511,14 +511,14 @@ def format_violations(violations: Sequence[Violation]) -> str:
 
 
 def ensure_deployable(network: FixedPointNetwork, target: Loihi2Target = LOIHI2) -> list[Violation]:
-    """Raise :class:`UserError` listing every error; log warnings; return the warnings."""
+    """Raise :class:`DesignRuleError` listing every error; log warnings; return the warnings."""
     found = check(network, target)
     errs = errors(found)
     warns = [v for v in found if v.severity != ERROR]
     for w in warns:
         logger.warning("%s", w.message)
     if errs:
-        raise UserError(
+        raise DesignRuleError(
             f"the network is not deployable on Loihi 2: {len(errs)} design rule violation(s)"
             + (f" and {len(warns)} warning(s)" if warns else "")
             + ":\n" + format_violations(errs + warns))

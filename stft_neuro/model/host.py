@@ -1,7 +1,7 @@
 """The host side of the spiking branch: GLP encoding, threshold cues and TSF readout.
 
 Everything here runs on the host (GPU or CPU) and talks to the chip side only through the step
-contract (``stft_neuro.sim.backend``): at each step the host sends input currents ``x_t`` and a
+contract (``stft_neuro.contract``): at each step the host sends input currents ``x_t`` and a
 threshold modulation ``theta_t``, and receives every layer's spikes.
 
 Shapes: B batch, S seconds (padded), D = Da + Dv feature width, T steps, L chip layers.
@@ -17,12 +17,14 @@ Shapes: B batch, S seconds (padded), D = Da + Dv feature width, T steps, L chip 
   ``theta_{t+1,l} = vth * (softplus(a_l) H(p_{t,l}) + softplus(c_l) g)``, where ``p`` is the layer's
   firing fraction, ``H`` the binary entropy in bits, and ``g = mean(sigmoid(P)) - 1/2`` per sample.
   Only layer l's own spikes are used, so the cue needs no information from deeper layers.
-- **Deploy mode** (``set_deploy(True)``, Loihi 2 arithmetic on the chip side): the host sends what
-  an integer backend takes. Input currents become ``input_bits`` graded payloads
-  (``round(x / input_scale)``, saturating; ``input_scale`` calibrated on data by
-  ``calibrate_input``), and threshold cues become integer mantissa offsets
-  (``round(theta * threshold_scale_l)``), clamped so that ``vth + theta`` stays within Loihi's
-  unsigned 17-bit threshold. Both round with straight-through gradients.
+- **Integer backends** (the torch chip in deploy mode, ``set_deploy(True)``; the reference simulator;
+  Lava): the host sends what the backend's deployment plan takes, converted by that plan and
+  nothing else (``backend.plan``, read after ``backend.reset``): input currents become
+  ``input_bits`` graded payloads (``plan.encode_input``: ``round(x / input_scale)``, saturating;
+  ``input_scale`` calibrated on data by ``calibrate_input``), threshold cues become integer mantissa
+  offsets (``plan.theta_to_chip``), clamped so that ``vth + theta`` stays within Loihi's unsigned
+  17-bit threshold. Both round with straight-through gradients. A float backend (``plan`` None)
+  gets the float currents and cues unchanged.
 - **TSF** (time-step factors): ``out = sum_t softmax_t(w . s_L[t] + beta_t) s_L[t]`` instead of the
   plain mean over T (ablation: ``tsf = False``).
 """
@@ -35,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stft_neuro.config import SpikingConfig
-from stft_neuro.hw_targets.loihi2 import constants as loihi2
+from stft_neuro.contract import SpikingBackend
 from stft_neuro.hw_targets.loihi2 import quantize
+from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.model.spiking import ChipNetwork
-from stft_neuro.sim.backend import SpikingBackend
 
 
 def valid_mask(lengths: Tensor, seconds: int) -> Tensor:
@@ -91,7 +93,7 @@ class SpikeRecord:
     """What the host received from the chip: per-layer spikes (T, B, n_l) and the thetas it sent."""
 
     spikes: tuple[Tensor, ...]
-    theta: Tensor | None  # (T, B, L)
+    theta: Tensor | None  # (T, B, L), in the backend's units (mantissa offsets for integer backends)
 
 
 class SpikingBranch(nn.Module):
@@ -107,7 +109,7 @@ class SpikingBranch(nn.Module):
         self.glp_visual = GLP() if cfg.glp else None
         self.encoder = nn.Linear(d, cfg.input_dim)
         self.chip = ChipNetwork((cfg.input_dim, *cfg.hidden), cfg.du, cfg.dv, cfg.threshold,
-                                cfg.surrogate_slope, cfg.input_bits)
+                                cfg.surrogate_slope, cfg.input_bits, cfg.num_steps)
         n_layers = len(cfg.hidden)
         if cfg.dynamic_threshold:
             self.cue_info = nn.Parameter(torch.full((n_layers,), -1.0))
@@ -128,28 +130,25 @@ class SpikingBranch(nn.Module):
         """Switch the chip side to Loihi 2 fixed-point arithmetic (QAT / deployment) or back."""
         self.chip.set_mode("deploy" if on else "float")
 
+    def deployment_plan(self) -> tuple[DeploymentPlan, quantize.QuantizationReport]:
+        """The frozen plan of the chip side's current parameters (for the reference simulator,
+        Lava and export) and the quantization report. Needs ``calibrate_input`` first."""
+        return self.chip.deployment_plan()
+
     @torch.no_grad()
     def calibrate_input(self, audio: Tensor, visual: Tensor, lengths: Tensor,
                         percentile: float = 99.9) -> float:
         """Set the input payload scale from data: the ``percentile`` of |input current| maps to
         the largest ``input_bits`` payload (larger currents saturate). Returns the scale."""
-        x = self.currents(audio, visual, lengths)[0]
+        x = self.encode(audio, visual, lengths)[0]
         ref = float(torch.quantile(x.abs().flatten().float()[:2_000_000], percentile / 100.0))
         self.chip.input_scale.fill_(quantize.input_scale_for(ref, self.cfg.input_bits))
-        self.chip._deploy_cache = None
         return float(self.chip.input_scale)
 
     def encode(self, audio: Tensor, visual: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """-> what the host sends each step, x (T, B, input_dim), and the GLP cue g (B,).
+        """-> input currents x (T, B, input_dim) (float) and the GLP cue g (B,) (zeros without GLP).
 
-        x are input currents (float mode) or graded payloads (deploy mode)."""
-        x, g = self.currents(audio, visual, lengths)
-        if self.deploy:
-            x = quantize.quantize_input(x, float(self.chip.input_scale), self.cfg.input_bits)
-        return x, g
-
-    def currents(self, audio: Tensor, visual: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """-> input currents (T, B, input_dim) and GLP cue g (B,) (zeros without GLP)."""
+        The currents are converted to a backend's units by ``drive``, with the backend's plan."""
         seconds = audio.shape[1]
         mask = valid_mask(lengths, seconds)
         feats = self.norm(torch.cat([audio, visual], dim=-1))  # (B, S, D)
@@ -167,38 +166,35 @@ class SpikingBranch(nn.Module):
         return x.contiguous(), g
 
     def threshold_cue(self, spikes_t: tuple[Tensor, ...], g: Tensor) -> Tensor:
-        """Threshold modulation for the next step from this step's spikes: (B, L)."""
+        """Threshold modulation for the next step from this step's spikes: (B, L), threshold units."""
         rates = torch.stack([s.mean(-1) for s in spikes_t], dim=-1)  # (B, L)
         info = binary_entropy_bits(rates)
         theta = F.softplus(self.cue_info) * info + F.softplus(self.cue_glp) * g[:, None]
-        return self._to_chip_units(self.cfg.threshold * theta)
+        return self.cfg.threshold * theta
 
     def initial_cue(self, g: Tensor) -> Tensor:
-        """Threshold modulation at step 0 (no output yet, so only the GLP cue): (B, L)."""
-        return self._to_chip_units(self.cfg.threshold * F.softplus(self.cue_glp) * g[:, None])
-
-    def _to_chip_units(self, theta: Tensor) -> Tensor:
-        """Float threshold units -> integer mantissa offsets in deploy mode (identity otherwise)."""
-        if not self.deploy:
-            return theta
-        arith, scales = self.chip.active_arith()
-        k = theta.new_tensor([sc.threshold_scale for sc in scales])
-        vth = theta.new_tensor([a.vth for a in arith])
-        return quantize.fake_quantize_int(theta * k, None, None).clamp(-vth, loihi2.VTH_MAX - vth)
+        """Threshold modulation at step 0 (no output yet, so only the GLP cue): (B, L), threshold units."""
+        return self.cfg.threshold * F.softplus(self.cue_glp) * g[:, None]
 
     def drive(self, x: Tensor, g: Tensor, backend: SpikingBackend) -> SpikeRecord:
-        """Run the chip through the step contract; closed loop when thresholds are dynamic."""
-        if not self.cfg.dynamic_threshold:
-            spikes, _ = backend.run(x, None)
-            return SpikeRecord(spikes=spikes, theta=None)
+        """Run the chip through the step contract; closed loop when thresholds are dynamic.
+
+        ``x`` (T, B, input_dim) float currents. The host converts them, and every threshold cue,
+        with ``backend.plan`` (None: float units), the plan the backend itself runs."""
         state = backend.reset(x.shape[1])
-        theta_t = self.initial_cue(g)
+        plan = backend.plan
+        sent = x if plan is None else plan.encode_input(x)
+        if not self.cfg.dynamic_threshold:
+            spikes, _ = backend.run(sent, None, state)
+            return SpikeRecord(spikes=spikes, theta=None)
+        cue = self.initial_cue(g)
         per_step, thetas = [], []
         for t in range(x.shape[0]):
+            theta_t = cue if plan is None else plan.theta_to_chip(cue)
             thetas.append(theta_t)
-            spikes_t, state = backend.step(x[t], theta_t, state)
+            spikes_t, state = backend.step(sent[t], theta_t, state)
             per_step.append(spikes_t)
-            theta_t = self.threshold_cue(spikes_t, g)
+            cue = self.threshold_cue(spikes_t, g)
         spikes = tuple(torch.stack([s[l] for s in per_step]) for l in range(len(per_step[0])))
         return SpikeRecord(spikes=spikes, theta=torch.stack(thetas))
 

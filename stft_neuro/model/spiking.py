@@ -1,7 +1,7 @@
 """The chip side of the spiking branch: Dense synapses and LIF neurons, one step at a time.
 
 This module is exactly what a neuromorphic backend takes over: it implements the step contract of
-``stft_neuro.sim.backend`` (``reset`` / ``step`` / ``run``), and holds nothing that belongs to the
+``stft_neuro.contract`` (``reset`` / ``step`` / ``run``), and holds nothing that belongs to the
 host (GLP, TSF and threshold cues live in ``host.py``).
 
 Neuron model: Lava's LIF (``lava.proc.lif``), current-based, hard reset to zero::
@@ -22,20 +22,23 @@ Two arithmetic modes share this structure (``ChipNetwork.mode``):
 - ``"float"``: the equations above in float32 (Lava's ``floating_pt`` LIF); ``x_t`` are input
   currents and ``theta_t`` is in threshold units.
 - ``"deploy"``: exactly what Lava's ``fixed_pt`` Dense and LIF compute
-  (``hw_targets/loihi2/arithmetic.py``), with the weights, bias, decays and threshold quantized
-  per forward pass from the float parameters (``quantize.qat_layer_arith``: straight-through
-  gradients, surrogate spikes normalised by each layer's state scale). ``x_t`` are graded-spike
-  payloads (integers in ``input_bits``) and ``theta_t`` threshold-mantissa offsets (integers), the
-  same inputs the reference simulator and Lava take; ``to_fixed_point()`` gives the network they run.
+  (``hw_targets/loihi2/arithmetic.py``). ``reset`` quantizes the current float parameters into a
+  :class:`~stft_neuro.hw_targets.loihi2.plan.DeploymentPlan` with the project's one quantizer
+  (``quantize.plan_from_float``) and wraps the plan's integers with straight-through gradients
+  (``quantize.qat_layers``; surrogate spikes normalised by each layer's state scale), so every
+  sequence of deploy-mode training runs a plan, and ``deployment_plan()`` freezes the same one for
+  the reference simulator and Lava. ``x_t`` are graded-spike payloads and ``theta_t``
+  threshold-mantissa offsets (integers), checked against the plan exactly as the other integer
+  backends check them; the host converts its currents and cues with ``plan`` (read after ``reset``).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from stft_neuro.contract import ChipState, run_by_steps
 from stft_neuro.hw_targets.loihi2 import arithmetic, quantize
-from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
-from stft_neuro.sim.backend import ChipState, run_by_steps
+from stft_neuro.hw_targets.loihi2.plan import DEFAULT_DT_S, DeploymentPlan
 
 MODES = ("float", "deploy")
 
@@ -69,14 +72,16 @@ class ChipNetwork(nn.Module):
     """
 
     def __init__(self, sizes: tuple[int, ...], du: float, dv: float, threshold: float,
-                 surrogate_slope: float, input_bits: int = 8) -> None:
+                 surrogate_slope: float, input_bits: int = 8, num_steps: int = 10,
+                 dt: float = DEFAULT_DT_S) -> None:
         super().__init__()
         self.mode = "float"
         self.input_bits = int(input_bits)
+        self.num_steps, self.dt = int(num_steps), float(dt)
         # Float value of one input payload LSB (deploy mode); 0 until calibrated on data.
         self.register_buffer("input_scale", torch.zeros(()))
-        self._deploy_cache: tuple | None = None
-        self._active: tuple | None = None  # deploy parameters of the current sequence
+        self._plan_cache: tuple | None = None   # (parameter key, plan, report)
+        self._sequence: tuple | None = None     # (plan, qat layers, state scales) set by reset
         if len(sizes) < 2:
             raise ValueError(f"ChipNetwork needs at least one layer, got sizes {sizes}")
         self._sizes = tuple(int(n) for n in sizes)
@@ -106,6 +111,7 @@ class ChipNetwork(nn.Module):
         if mode == "deploy" and float(self.input_scale) <= 0:
             raise ValueError("ChipNetwork: deploy mode needs input_scale (calibrate_input first)")
         self.mode = mode
+        self._sequence = None
 
     def float_layers(self) -> list[quantize.FloatLayer]:
         return [quantize.FloatLayer(name=f"lif{l + 1}", weight=w.detach().cpu().double().numpy(),
@@ -113,44 +119,33 @@ class ChipNetwork(nn.Module):
                                     threshold=self.threshold)
                 for l, (w, b) in enumerate(zip(self.weights, self.biases))]
 
-    def deploy_arith(self) -> tuple[list[arithmetic.LayerArith], list[quantize.LayerScales]]:
-        """Per-layer integer parameters (differentiable, straight-through) and their scales.
+    def deployment_plan(self) -> tuple[DeploymentPlan, quantize.QuantizationReport]:
+        """The plan of the current parameters (``quantize.plan_from_float``) and its report.
 
-        Without gradients they are cached until a weight, bias or the input scale changes. With
-        gradients they are part of the autograd graph of one sequence: ``reset`` computes them
-        afresh, and the steps of that sequence share them (so a sequence starts with ``reset``).
-        """
-        key = tuple(p._version for p in (*self.weights, *self.biases)) + (
-            float(self.input_scale), str(self.weights[0].device))
-        if self._deploy_cache is not None and self._deploy_cache[0] == key and not torch.is_grad_enabled() \
-                and not self._deploy_cache[1]:
-            return self._deploy_cache[2]
-        arith, scales = [], []
-        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
-            a, sc = quantize.qat_layer_arith(
-                w, b, self.du, self.dv, self.threshold,
-                in_scale=float(self.input_scale) if l == 0 else 1.0,
-                num_message_bits=self.input_bits if l == 0 else 0)
-            arith.append(a)
-            scales.append(sc)
-        self._deploy_cache = (key, torch.is_grad_enabled(), (arith, scales))
-        return arith, scales
-
-    def active_arith(self) -> tuple[list[arithmetic.LayerArith], list[quantize.LayerScales]]:
-        """The deploy parameters of the current sequence (those ``reset`` prepared)."""
-        return self._active if self._active is not None else self.deploy_arith()
-
-    def to_fixed_point(self) -> tuple[FixedPointNetwork, quantize.QuantizationReport]:
-        """The network in Loihi 2 units, for the reference simulator and Lava. Pure: the module
-        is not changed. Equal, integer for integer, to what deploy mode computes with."""
+        Pure (the module is not changed); cached until a weight, bias or the input scale changes.
+        Deploy mode runs exactly this plan, integer for integer."""
         if float(self.input_scale) <= 0:
-            raise ValueError("ChipNetwork.to_fixed_point: calibrate the input scale first")
-        return quantize.quantize_network(self.float_layers(), float(self.input_scale), self.input_bits)
+            raise ValueError("ChipNetwork.deployment_plan: calibrate the input scale first")
+        key = tuple(p._version for p in (*self.weights, *self.biases)) + tuple(
+            id(p) for p in (*self.weights, *self.biases)) + (float(self.input_scale),)
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            plan, report = quantize.plan_from_float(self.float_layers(), float(self.input_scale),
+                                                    self.input_bits, self.num_steps, self.dt)
+            self._plan_cache = (key, plan, report)
+        return self._plan_cache[1], self._plan_cache[2]
+
+    @property
+    def plan(self) -> DeploymentPlan | None:
+        """The plan of the current sequence (deploy mode, after ``reset``); None in float mode."""
+        return self._sequence[0] if (self.mode == "deploy" and self._sequence is not None) else None
 
     def reset(self, batch: int) -> ChipState:
+        """Zero state for ``batch`` sequences; in deploy mode also the sequence's plan, with
+        straight-through parameters that are part of this sequence's autograd graph."""
         if self.mode == "deploy":
-            self._deploy_cache = None if torch.is_grad_enabled() else self._deploy_cache
-            self._active = self.deploy_arith()
+            plan, report = self.deployment_plan()
+            layers = quantize.qat_layers(plan, report, list(self.weights), list(self.biases))
+            self._sequence = (plan, layers, [i.scales.state_scale for i in report.layers])
         ref = self.weights[0]
         zeros = tuple(ref.new_zeros(batch, n) for n in self._sizes[1:])
         return ChipState(u=zeros, v=zeros, a=zeros)
@@ -160,10 +155,15 @@ class ChipNetwork(nn.Module):
         """One step: ``x_t`` (B, n_in) input currents (float) or payloads (deploy), ``theta_t``
         (B, L) or None."""
         if self.mode == "deploy":
-            arith, scales = self.active_arith()
+            if self._sequence is None:
+                raise RuntimeError("ChipNetwork: deploy mode steps a sequence that reset() started")
+            plan, layers, state_scales = self._sequence
+            plan.check_payload(x_t)
+            if theta_t is not None:
+                plan.check_theta(theta_t)
             slope = self.surrogate_slope
-            fns = [lambda x, s=sc.state_scale: spike(x / s, slope) for sc in scales]
-            spikes, state = arithmetic.chip_step(x_t, theta_t, state, arith, spike_fn=fns)
+            fns = [lambda x, s=s: spike(x / s, slope) for s in state_scales]
+            spikes, state = arithmetic.chip_step(x_t, theta_t, state, layers, spike_fn=fns)
             return tuple(sp.to(x_t.dtype) for sp in spikes), state
         spikes, us, vs, new_a = [], [], [], []
         pre = x_t

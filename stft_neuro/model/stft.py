@@ -21,7 +21,7 @@ from stft_neuro.config import Config
 from stft_neuro.model.fusion import build_fusion
 from stft_neuro.model.host import SpikingBranch, masked_max_mean, valid_mask
 from stft_neuro.model.transformer import LatentSemanticTransformer
-from stft_neuro.sim.backend import SpikingBackend
+from stft_neuro.contract import SpikingBackend
 
 WORD_DIM = 300  # word2vec class embeddings (DESIGN.md, "The benchmark")
 

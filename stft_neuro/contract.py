@@ -15,6 +15,15 @@ Shapes (B = batch, L = number of LIF layers, n_l = width of layer l, T = steps):
     theta_t:  (B, L)      threshold modulation at step t, one value per sample and layer:
                           added to each layer's threshold (float: in threshold units;
                           integer: threshold-mantissa units). ``None`` means zero.
+
+Integer backends run a deployment plan (``hw_targets/loihi2/plan.py``) and expose it as
+``backend.plan``: the host converts its float currents and threshold cues with *that* plan
+(``plan.encode_input``, ``plan.theta_to_chip``) and never with anything else, and every integer
+backend checks what it receives against the same plan (``plan.check_payload``,
+``plan.check_theta``), so a bad payload gets the same error whoever runs the chip. A float backend
+has ``plan = None``. For the torch chip in deploy mode the plan is built by ``reset`` (from the
+current parameters: one plan per sequence during training), so the host reads ``backend.plan``
+after ``reset``.
     spikes_t: tuple of L tensors (B, n_l), values 0/1
     x, theta, spikes: the same with a leading T axis.
 
@@ -25,7 +34,7 @@ handed over, bit for bit.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -49,6 +58,12 @@ class SpikingBackend(Protocol):
     @property
     def sizes(self) -> tuple[int, ...]:
         """``(n_in, n_1, ..., n_L)``."""
+
+    @property
+    def plan(self) -> Any:
+        """The ``DeploymentPlan`` this backend runs (after ``reset``), or None for float units.
+
+        Typed ``Any`` because this module sits below every other module of the project."""
 
     def reset(self, batch: int) -> ChipState: ...
 
