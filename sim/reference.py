@@ -11,14 +11,13 @@ How it is fast and still exact:
   ``run`` computes layer ``l``'s Dense for all T steps in one matmul ``(T*B, n_in) @ (n_in, n_out)``,
   then steps only the (cheap, elementwise) LIF over t, then moves to layer ``l+1``. This is the same
   arithmetic in a different loop order, so ``run(T) == T x step == run(T1) + run(T2)`` exactly.
-- **Exact float matmuls.** The matmul inputs are integers. A float32 matmul is exact when every
-  partial sum is an integer of magnitude ``<= 2**24``; the bound ``payload_max * max_j sum_k |W_jk|``
-  is computed once from the weights, and a layer whose bound exceeds ``2**24`` uses float64
-  (exact below ``2**53``). On CUDA, TF32 matmuls would round: if
-  ``torch.backends.cuda.matmul.allow_tf32`` is set, all matmuls use float64.
-- **int8 matmuls.** On CPU, when the weights (divided by 2 for mixed signs, where Lava keeps even
-  values only) and the payloads fit int8 and the accumulation fits int32, the Dense runs as
-  ``torch._int_mm`` (int8 x int8 -> int32, exact; ~4x float32 on AVX512-VNNI).
+- **Exact matmul kernels, chosen by measurement.** The matmul inputs are integers. Each layer's
+  Dense runs on the fastest of the kernels that are exact for it (``sim/dense_kernels.py``: float32
+  when every partial sum stays within ``2**24``, int8 ``torch._int_mm`` when weights and payloads
+  fit int8 and the backend passes an exactness self-test, float64 always), timed once per process on
+  the layer's shape and the run's ``T*B`` (a power-of-two bucket). On an AVX512-VNNI CPU that is
+  int8 (~3x float32); on an AVX2-only CPU, where ``_int_mm`` is a naive loop ~30x slower, float32.
+  ``STFT_NEURO_DENSE_KERNEL=float32|float64|int8`` forces one (an inexact choice is refused).
 - **float64 neuron state.** u and v are held in float64, where ``u * (4096 - du - 1) / 4096`` is
   exact (< 2**37), so Lava's decay ``sign(p) * (|p| >> 12)`` is one multiply and one ``trunc``.
 - **Static range analysis.** Lava's u wrap is skipped for a layer whose largest possible ``|u|``
@@ -31,11 +30,9 @@ runs: the same errors as the torch deploy mode and Lava.
 """
 from __future__ import annotations
 
-import contextlib
-
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,21 +40,22 @@ from torch import Tensor
 
 from stft_neuro.hw_targets.errors import ChipInputError
 from stft_neuro.hw_targets.loihi2 import constants as C
-from stft_neuro.hw_targets.loihi2.arithmetic import FLOAT32_EXACT_MAX, payload_max
+from stft_neuro.hw_targets.loihi2.arithmetic import payload_max
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
 from stft_neuro.contract import ChipState
+from stft_neuro.sim.dense_kernels import DenseKernel, PayloadRange, choose_kernel
 
 STATE_DTYPE = torch.float64
 SPIKE_DTYPE = torch.float32
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Layer:
     """Precomputed per-layer tensors and constants."""
 
-    w_t: Tensor          # (n_in, n_out) Lava-effective weights, transposed, in mm_dtype
-    mm_dtype: torch.dtype
+    weight: np.ndarray   # (n_out, n_in) Lava-effective integer weights
+    payload: PayloadRange
     a_scale: float       # 2**weight_exp (exact power of two)
     floor_a: bool        # weight_exp < 0: floor after scaling
     u_keep: float        # (4096 - du - 1) / 4096, exact dyadic
@@ -66,8 +64,7 @@ class _Layer:
     vth_shifted: float   # vth << 6
     needs_wrap: bool
     n_out: int
-    w_t_i8: Tensor | None  # (n_in, n_out) int8 weights / w_step, when the int8 path is exact
-    w_step: float          # weight = w_step * w_t_i8
+    kernels: dict = field(default_factory=dict)  # rows bucket -> DenseKernel
 
 
 def _layer_bounds(w: np.ndarray, pmax: int, weight_exp: int, du: int) -> tuple[int, int, int]:
@@ -95,10 +92,6 @@ class ReferenceSimulator:
         self.plan = plan
         network = self.network = plan.network
         self.device = torch.device(device)
-        tf32 = self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-        if tf32:
-            warnings.warn("ReferenceSimulator: TF32 matmuls are enabled; using float64 matmuls "
-                          "to stay exact", RuntimeWarning, stacklevel=2)
         layers = []
         for layer in network.layers:
             w = lava_effective_weights(layer.weight)
@@ -107,10 +100,8 @@ class ReferenceSimulator:
                 warnings.warn(f"ReferenceSimulator: layer {layer.name}: Dense output bound {a_bound} "
                               "overflows Lava's int32 arithmetic; results may differ from Lava",
                               RuntimeWarning, stacklevel=2)
-            mm_dtype = torch.float32 if (acc <= FLOAT32_EXACT_MAX and not tf32) else torch.float64
             layers.append(_Layer(
-                w_t=torch.as_tensor(w.T.copy(), device=self.device).to(mm_dtype).contiguous(),
-                mm_dtype=mm_dtype,
+                weight=w, payload=PayloadRange.for_message_bits(layer.num_message_bits),
                 a_scale=float(2.0 ** layer.weight_exp),
                 floor_a=layer.weight_exp < 0,
                 u_keep=(C.DECAY_UNITY - layer.du - C.DS_OFFSET) / C.DECAY_UNITY,
@@ -120,22 +111,18 @@ class ReferenceSimulator:
                 vth_shifted=float(int(layer.vth) << C.VTH_SHIFT),
                 needs_wrap=u_bound >= C.UV_MAX_VAL,
                 n_out=layer.n_out,
-                **self._int8_weights(w, payload_max(layer), acc),
             ))
         self._layers = tuple(layers)
 
-    def _int8_weights(self, w: np.ndarray, pmax: int, acc: int) -> dict:
-        """int8 x int8 -> int32 matmul (``torch._int_mm``, ~4x float32 on AVX512-VNNI CPUs) when
-        it is exact: weights / step and payloads fit int8, and every int32 partial sum fits."""
-        step = C.WEIGHT_MIXED_STEP if (w.size and (w % C.WEIGHT_MIXED_STEP == 0).all()) else 1
-        wq = w // step
-        ok = (self.device.type == "cpu" and hasattr(torch, "_int_mm") and pmax <= 2 ** 7
-              and wq.size > 0 and wq.min() >= -2 ** 7 and wq.max() < 2 ** 7
-              and acc < 2 ** (C.ACCUM_BITS - 1))
-        if not ok:
-            return {"w_t_i8": None, "w_step": 1.0}
-        return {"w_t_i8": torch.as_tensor(wq.T.copy(), dtype=torch.int8, device=self.device),
-                "w_step": float(step)}
+    def kernel(self, layer: int, rows: int, input_dtype: torch.dtype = torch.float32) -> DenseKernel:
+        """The Dense kernel layer ``layer`` uses for ``rows = T * B`` rows (measured once per
+        power-of-two bucket of ``rows``; see ``sim/dense_kernels.py``)."""
+        lay = self._layers[layer]
+        key = (max(1, int(rows)).bit_length(), input_dtype)
+        if key not in lay.kernels:
+            lay.kernels[key] = choose_kernel(lay.weight, lay.payload, rows, self.device,
+                                             input_dtype=input_dtype)
+        return lay.kernels[key]
 
     # ------------------------------------------------------------------ contract
     @property
@@ -177,7 +164,7 @@ class ReferenceSimulator:
         spikes, us, vs, as_ = [], [], [], []
         for l, lay in enumerate(self._layers):
             th = None if theta is None else theta[:, :, l].to(self.device, STATE_DTYPE)
-            s, u, v, a_last = self._run_layer(lay, inp, th, state.u[l], state.v[l], state.a[l])
+            s, u, v, a_last = self._run_layer(l, lay, inp, th, state.u[l], state.v[l], state.a[l])
             spikes.append(s)
             us.append(u)
             vs.append(v)
@@ -186,26 +173,18 @@ class ReferenceSimulator:
         return tuple(spikes), ChipState(u=tuple(us), v=tuple(vs), a=tuple(as_))
 
     # ------------------------------------------------------------------ internals
-    @staticmethod
-    def _accumulate(lay: _Layer, inp: Tensor) -> Tensor:
-        """``inp @ W.T`` (without ``w_step`` on the int8 path), exact, as float64."""
-        if lay.w_t_i8 is not None:
-            # Shapes _int_mm does not support (RuntimeError) take the float path below.
-            with contextlib.suppress(RuntimeError):
-                return torch._int_mm(inp.to(torch.int8), lay.w_t_i8).to(STATE_DTYPE)
-            return (inp.to(lay.mm_dtype) @ lay.w_t).to(STATE_DTYPE).div_(lay.w_step)
-        return (inp.to(lay.mm_dtype) @ lay.w_t).to(STATE_DTYPE)
-
-    def _run_layer(self, lay: _Layer, inp: Tensor, theta: Tensor | None, u0: Tensor, v0: Tensor,
+    def _run_layer(self, l: int, lay: _Layer, inp: Tensor, theta: Tensor | None, u0: Tensor, v0: Tensor,
                    a0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         T, B = int(inp.shape[0]), int(inp.shape[1])
         n = lay.n_out
         # Dense for all T at once; a_in[t] is what the LIF receives at step t (one-step delay).
         a_in = torch.empty(T + 1, B, n, dtype=STATE_DTYPE, device=self.device)
         a_in[0].copy_(a0)
-        acc = self._accumulate(lay, inp.reshape(T * B, -1)).view(T, B, n)    # (T, B, n) float64
-        if lay.a_scale * lay.w_step != 1.0:
-            acc.mul_(lay.a_scale * lay.w_step)
+        flat = inp.reshape(T * B, -1)
+        kernel = self.kernel(l, T * B, flat.dtype)
+        acc = kernel.raw(flat).to(STATE_DTYPE).view(T, B, n)                  # (T, B, n) exact
+        if lay.a_scale * kernel.step != 1.0:
+            acc.mul_(lay.a_scale * kernel.step)   # both powers of two: exact
             if lay.floor_a:
                 acc.floor_()
         a_in[1:].copy_(acc)
