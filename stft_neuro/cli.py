@@ -27,6 +27,8 @@ examples:
   stft-neuro eval --checkpoint runs/ucf-qat --backend reference
                                         the same, through the bit-exact reference simulator
   stft-neuro resources --checkpoint runs/ucf-qat   design rules, cores, memory on Loihi 2
+  stft-neuro export --checkpoint runs/ucf-qat --target lava --out bundles/ucf
+                                        the deployment bundle (plan, netx HDF5, manifest)
   stft-neuro demo                       all of the above on small defaults
 """
 
@@ -110,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
     _add_json(p)
 
+    p = sub.add_parser(
+        "export", help="write the deployment bundle: plan, NIR, netx HDF5 for Lava, host ONNX, manifest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Freeze the run's spiking branch into a deployment plan (calibrating the input "
+                    "scale on the run's training data if it is a float run), check Loihi 2's design "
+                    "rules, and write the bundle a hybrid simulation runs without the checkpoint.",
+        epilog="targets:\n"
+               "  nir    plan.safetensors + spiking.nir (Affine -> Delay -> CubaLIF per layer; the "
+               "integer\n         parameters and the threshold-modulation input in metadata)\n"
+               "  lava   plan.safetensors + spiking_netx.h5 (lava-dl netx; static thresholds)\n"
+               "  onnx   plan.safetensors + host_*.onnx (encoder, threshold cue, readout)\n"
+               "  all    everything; manifest.json (bridge, timing, design rules, SHA-256 per file)\n"
+               "         is always written. Nothing is left behind if the export fails.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder written by train")
+    p.add_argument("--target", required=True, choices=("nir", "lava", "onnx", "all"))
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
+    _add_json(p)
+
     p = sub.add_parser("demo", help="doctor + benchmark summary + a small training run + results",
                        description="Runs the whole pipeline on built-in defaults in a few minutes on "
                                    "2 CPU cores (real UCF-GZSL split and word2vec when "
@@ -117,8 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder (default runs/demo)")
     _add_config_args(p)
 
-    from stft_neuro.run_nir import add_parser as add_run_nir_parser
-    add_run_nir_parser(sub)
     return parser
 
 
@@ -252,12 +272,12 @@ def _train_qat(args) -> int:
     return 0
 
 
-def cmd_resources(args) -> int:
+def _frozen_plan(args):
+    """Load ``args.checkpoint`` and freeze its spiking branch's plan -> (model, cfg, meta, plan)."""
     from stft_neuro.checkpoint import load_run
     from stft_neuro.data import load_benchmark
     from stft_neuro.errors import CheckpointError
-    from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
-    from stft_neuro.qat import calibrate, quantization_summary
+    from stft_neuro.qat import calibrate
     from stft_neuro.train import resolve_device
     model, cfg, meta = load_run(args.checkpoint)
     if model.spiking is None:
@@ -266,6 +286,33 @@ def cmd_resources(args) -> int:
         cfg = _with_pickle(cfg, args)
         calibrate(model, load_benchmark(cfg.data).splits["stage_2_train"], resolve_device(cfg.train.device))
     plan, _ = model.spiking.deployment_plan()
+    return model, cfg, meta, plan
+
+
+def cmd_export(args) -> int:
+    from stft_neuro.export.bundle import export_bundle
+    from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
+    from stft_neuro.qat import quantization_summary
+    model, _, meta, plan = _frozen_plan(args)
+    model = model.cpu().eval()
+    manifest = export_bundle(model, plan, quantization_summary(model), args.out, args.target,
+                             force=args.force, source=str(args.checkpoint),
+                             progress=None if args.json else print)
+    if args.json:
+        _print(manifest, True, "")
+        return 0
+    print(format_resource_report(resource_report(plan.network)))
+    print(f"\nbundle {args.out} (target {args.target}, from a {'QAT' if meta.get('deploy') else 'float'} run):")
+    for name, info in manifest["files"].items():
+        print(f"  {name:<24} {info['bytes']:>12,} bytes  sha256 {info['sha256'][:16]}...")
+    print(f"  {'manifest.json':<24} bridge, timing, design rules, checksums")
+    return 0
+
+
+def cmd_resources(args) -> int:
+    from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
+    from stft_neuro.qat import quantization_summary
+    model, _, _, plan = _frozen_plan(args)
     report = resource_report(plan.network)
     report["quantization"] = quantization_summary(model)
     q = report["quantization"]
@@ -358,15 +405,9 @@ def _deployment_check(run: Path, bench) -> str:
 
 
 COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
-            "resources": cmd_resources, "demo": cmd_demo}
+            "resources": cmd_resources, "export": cmd_export, "demo": cmd_demo}
 
 
-def cmd_run_nir(args) -> int:
-    from stft_neuro.run_nir import main as run_nir_main
-    return run_nir_main(args)
-
-
-COMMANDS["run-nir"] = cmd_run_nir
 
 
 def main(argv: list[str] | None = None) -> int:

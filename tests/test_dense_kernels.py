@@ -189,7 +189,7 @@ def test_chooser_picks_an_exact_kernel_and_caches(monkeypatch):
     k = D.choose_kernel(w, BINARY, 256)
     assert k.name in {x.name for x in D.exact_kernels(w, BINARY)}
     cal = list(D.calibrations().values())
-    assert len(cal) == 1 and cal[0].chosen == k.name and cal[0].elapsed_s < 1.0
+    assert len(cal) == 1 and cal[0].chosen == k.name
     monkeypatch.setattr(D, "measure", lambda *a, **kw: pytest.fail("not cached"))
     assert D.choose_kernel(w, BINARY, 300).name == k.name                  # same rows bucket
     x = D.calibration_input(256, BINARY, 50, torch.device("cpu"))

@@ -51,9 +51,10 @@ from stft_neuro.hw_targets.loihi2.ste import straight_through
 PLAN_FORMAT = "stft-neuro/deployment-plan"
 PLAN_VERSION = 1
 METADATA_KEY = "stft_neuro.plan"
-#: Seconds per algorithmic timestep recorded in plans and NIR exports (a convention: Loihi's
-#: timestep has no fixed physical length; 1 ms is the common choice for Loihi applications).
-DEFAULT_DT_S = 1e-3
+#: Seconds per algorithmic timestep recorded in plans and NIR exports. Loihi's timestep has no
+#: fixed physical length, so this is a convention: 1e-4 s is snnTorch's and the NIR paper's (snnTorch's
+#: NIR importer assumes it), so the time constants of an exported graph mean the same there.
+DEFAULT_DT_S = 1e-4
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,220 @@
+"""The deployment bundle: everything a hybrid run needs, without the training checkpoint.
+
+``stft-neuro export --checkpoint RUN --target nir|lava|onnx|all --out DIR`` freezes the run's
+deployment plan (the one quantizer, ``hw_targets/loihi2/quantize.py``), checks it against Loihi 2's
+design rules, and writes into ``DIR``:
+
+=========================  ===========  =========================================================
+file                       targets      what
+=========================  ===========  =========================================================
+``plan.safetensors``       all          the deployment plan (``DeploymentPlan.save``): the exact
+                                        fixed-point network and the host <-> chip conversions
+``spiking.nir``            nir, all     the spiking branch as NIR (``converters/nir_out.py``),
+                                        integer parameters in metadata
+``spiking_netx.h5``        lava, all    lava-dl netx HDF5 (``converters/netx_out.py``), loadable by
+                                        ``lava.lib.dl.netx.hdf5.Network`` (static thresholds)
+``host_*.onnx``            onnx, all    the host side (``export/onnx_host.py``): encoder, threshold
+                                        cue, readout + transformer + fusion + projection
+``manifest.json``          all          what crosses the bridge every step (names, shapes, dtypes,
+                                        units, ranges), the timing, the design-rule and resource
+                                        report, and a SHA-256 per file
+=========================  ===========  =========================================================
+
+The bundle is written into a temporary sibling folder and renamed into place at the end, so an
+export that fails leaves nothing behind (and an existing ``DIR`` is replaced only with
+``force``). :func:`load_bundle` verifies format version and checksums before anything reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from stft_neuro import __version__
+from stft_neuro.errors import UserError
+from stft_neuro.hw_targets.errors import PlanFormatError
+from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
+
+BUNDLE_FORMAT = "stft-neuro/bundle"
+BUNDLE_VERSION = 1
+TARGETS = ("nir", "lava", "onnx", "all")
+MANIFEST = "manifest.json"
+PLAN_FILE = "plan.safetensors"
+NIR_FILE = "spiking.nir"
+NETX_FILE = "spiking_netx.h5"
+
+
+class BundleError(UserError):
+    """A bundle folder that is missing, incomplete, corrupted, or of another format version."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bridge_description(plan: DeploymentPlan, dynamic_threshold: bool) -> dict:
+    """What crosses the host <-> chip bridge at every step, with units and ranges."""
+    lo, hi = plan.payload_range
+    per_step = {
+        "host_to_chip": [
+            {"name": "payload", "shape": ["B", plan.n_in], "dtype": f"int{max(8, plan.input_bits)}",
+             "port": "layer 1 Dense input (graded spikes, num_message_bits = input_bits)",
+             "units": f"graded-spike payload; 1 LSB = {plan.input_scale!r} input-current units "
+                      "(plan.encode_input: round(current / input_scale), saturating)",
+             "range": [lo, hi]},
+        ],
+        "chip_to_host": [
+            {"name": f"spikes_{l + 1}", "shape": ["B", n], "dtype": "bool",
+             "units": "spike (1) or not (0) of each neuron of layer " + str(l + 1) + " at this step"}
+            for l, n in enumerate(plan.sizes[1:])],
+    }
+    if dynamic_threshold:
+        per_step["host_to_chip"].append(
+            {"name": "theta", "shape": ["B", plan.num_layers], "dtype": "int32",
+             "port": "threshold modulation of every LIF (not expressible in NIR or netx: the "
+                     "project's ThetaLIF in Lava, sim/lava_runner.py)",
+             "units": "threshold-mantissa offset: layer l spikes where v > (vth_l + theta_l) << 6; "
+                      "host cue (threshold units) x threshold_scales[l], rounded (plan.theta_to_chip)",
+             "range": [list(r) for r in plan.theta_range],
+             "threshold_scales": list(plan.threshold_scales)})
+    return {"per_step": per_step,
+            "timing": {"num_steps": plan.num_steps, "dt_s": plan.dt, "dense_delay_steps": list(plan.delays),
+                       "alignment": "layer l (1-based) integrates the input of step t at step t + l; "
+                                    "the host sends theta for step t+1 after it received the spikes "
+                                    "of step t (closed loop)"}}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle folder: its manifest and plan (other files by path)."""
+
+    path: Path
+    manifest: dict
+    plan: DeploymentPlan
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"bundle {self.path} has no {name} (exported with --target "
+                              f"{self.manifest.get('target')})")
+        return self.path / name
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Open a bundle folder, verifying format, version and every file's checksum (one-line errors)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle {path} does not exist or is not a folder")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path} is not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"{mpath}: not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{mpath}: not an stft-neuro bundle manifest")
+    if manifest.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle format version {manifest.get('version')!r}; this "
+                          f"stft-neuro ({__version__}) reads version {BUNDLE_VERSION}: re-export it")
+    for name, info in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"bundle {path}: {name} is missing")
+        if sha256(f) != info.get("sha256"):
+            raise BundleError(f"bundle {path}: {name} is corrupted (SHA-256 differs from the manifest)")
+    try:
+        plan = DeploymentPlan.load(path / PLAN_FILE)
+    except PlanFormatError as exc:
+        raise BundleError(str(exc)) from None
+    return Bundle(path=path, manifest=manifest, plan=plan)
+
+
+def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | Path, target: str,
+                  *, force: bool = False, source: str = "",
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Write the bundle for ``target`` into ``out`` atomically; returns the manifest.
+
+    ``model``: the loaded STFT (its spiking branch calibrated); ``plan``: its frozen plan
+    (``model.spiking.deployment_plan()``). Refuses a plan that breaks a design rule."""
+    from stft_neuro.hw_targets.loihi2.report import resource_report
+
+    if target not in TARGETS:
+        raise UserError(f"export: unknown target {target!r} (one of {', '.join(TARGETS)})")
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"export: {out} already exists (choose a new folder, or --force to replace it)")
+    say = progress or (lambda _msg: None)
+    resources = resource_report(plan.network)
+    if not resources["design_rules"]["passed"]:
+        raise UserError(f"export: the spiking branch breaks {resources['design_rules']['errors']} "
+                        "Loihi 2 design rule(s); see `stft-neuro resources`")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        plan.save(tmp / PLAN_FILE)
+        timings[PLAN_FILE] = time.perf_counter() - t0
+        if target in ("nir", "all"):
+            from stft_neuro.converters.nir_out import plan_to_nir, write_nir
+            t0 = time.perf_counter()
+            write_nir(plan_to_nir(plan), tmp / NIR_FILE)
+            timings[NIR_FILE] = time.perf_counter() - t0
+            say(f"wrote {NIR_FILE}")
+        netx = None
+        if target in ("lava", "all"):
+            from stft_neuro.converters.netx_out import write_netx
+            t0 = time.perf_counter()
+            netx = write_netx(plan, tmp / NETX_FILE)
+            timings[NETX_FILE] = time.perf_counter() - t0
+            say(f"wrote {NETX_FILE}")
+        onnx = None
+        if target in ("onnx", "all"):
+            from stft_neuro.export.onnx_host import export_host_onnx
+            t0 = time.perf_counter()
+            onnx = export_host_onnx(model, plan, tmp)
+            timings["onnx"] = time.perf_counter() - t0
+            say("wrote the host ONNX graphs")
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
+                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        spiking_cfg = model.spiking.cfg
+        manifest = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stft_neuro": __version__,
+            "target": target, "source": source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": files, "export_seconds": timings,
+            "plan": plan.to_dict(),
+            "bridge": bridge_description(plan, spiking_cfg.dynamic_threshold),
+            "host": {"dynamic_threshold": spiking_cfg.dynamic_threshold, "tsf": spiking_cfg.tsf,
+                     "glp": spiking_cfg.glp, "onnx": onnx},
+            "netx": netx,
+            "quantization": quant_summary,
+            "design_rules": resources["design_rules"], "resources": resources.get("totals"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _json_default(obj):
+    import numpy as np
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
