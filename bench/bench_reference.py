@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"Network: {'-'.join(map(str, SIZES))} Dense+LIF, T={T}, 8-bit graded input, a plan "
              f"from the project's quantizer on trained-like weights; spike rates "
              f"{', '.join(f'{r:.1%}' for r in native['rates'])}. Medians of {args.repeats} runs. "
-             "GMAC/s counts the dense MACs of all three layers (T*B*(512*256+256*256+256*128)).", ""]
+             "GMAC/s counts the dense MACs of all three layers (T*B*(512*256+256*256+256*128)). "
+             f"Load average when it started: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+             "(other work on a shared machine slows both sides and can mislead the kernel choice).", ""]
     lines += table(native, "This CPU")
     if not args.no_emulate_avx2:
         env = dict(os.environ, **EMULATION_ENV)

@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder (default runs/demo)")
     _add_config_args(p)
 
+    from stft_neuro.run_nir import add_parser as add_run_nir_parser
+    add_run_nir_parser(sub)
     return parser
 
 
@@ -375,6 +377,11 @@ def cmd_demo(args) -> int:
     if cfg.spiking.enabled:
         print("\n== the spiking branch on Loihi 2 (quantized without fine-tuning) ==")
         print(_deployment_check(Path(args.out), bench))
+        print("\n== export: the deployment bundle (plan + NIR) ==")
+        bundle = Path(args.out) / "bundle"
+        export_args = argparse.Namespace(checkpoint=args.out, target="nir", out=str(bundle), force=True,
+                                         json=False, allow_pickle=getattr(args, "allow_pickle", False))
+        cmd_export(export_args)
     return 0 if report["healthy"] else 1
 
 
@@ -406,6 +413,14 @@ def _deployment_check(run: Path, bench) -> str:
 
 COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
             "resources": cmd_resources, "export": cmd_export, "demo": cmd_demo}
+
+
+def cmd_run_nir(args) -> int:
+    from stft_neuro.run_nir import main as run_nir_main
+    return run_nir_main(args)
+
+
+COMMANDS["run-nir"] = cmd_run_nir
 
 
 

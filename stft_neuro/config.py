@@ -59,7 +59,10 @@ class SpikingConfig:
     sends each step. ``du``, ``dv``: current and voltage decay per step (fractions; Lava's LIF).
     ``threshold``: the LIF threshold in the float model's units. ``surrogate_slope``: slope k of the
     sigmoid surrogate gradient d s/d v = k sig(k x)(1 - sig(k x)). ``input_bits``: graded-spike
-    payload of the input currents after quantization.
+    payload of the input currents after quantization. ``netx_compatible``: quantize (deploy mode,
+    QAT, export) so that lava-dl's netx HDF5 can carry the network exactly (weight exponent 0/-1,
+    bias exponent 6; ``hw_targets/loihi2/quantize.py`` says what it costs); needed for
+    ``stft-neuro export --target lava|all``.
     """
 
     enabled: bool = True
@@ -74,6 +77,7 @@ class SpikingConfig:
     tsf: bool = True
     dynamic_threshold: bool = True
     input_bits: int = 8
+    netx_compatible: bool = False
 
 
 @dataclass(frozen=True)

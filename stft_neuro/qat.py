@@ -57,7 +57,14 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
     model, cfg, meta = load_run(float_run)
     if meta.get("deploy"):
         raise CheckpointError(f"{float_run} is already a QAT run; give the float run it came from")
+    allowed = ("train.", "spiking.netx_compatible=")
+    bad = [o for o in overrides or [] if not o.strip().startswith(allowed)]
+    if bad:
+        raise CheckpointError(f"QAT keeps the float run's model: only train.* and "
+                              f"spiking.netx_compatible can be set, not {bad[0]!r}")
     cfg = config_mod.load(overrides=overrides or [], base=cfg)
+    if model.spiking is not None:  # the quantizer target of the plans QAT trains for
+        model.spiking.chip.netx_compatible = cfg.spiking.netx_compatible
     device = resolve_device(cfg.train.device)
     bench = bench or load_benchmark(cfg.data)
     model = model.to(device)

@@ -174,5 +174,8 @@ def test_demo_runs_to_its_end_on_a_tiny_config(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), *_sets(*TINY))
     assert code == 0
     for heading in ("stft-neuro doctor", "benchmark", "training STFT", "stage 2 test",
-                    "spiking branch on Loihi 2", "design rules: pass"):
+                    "spiking branch on Loihi 2", "design rules: pass", "the deployment bundle",
+                    "spiking.nir"):
         assert heading in out, heading
+    from stft_neuro.export.bundle import load_bundle
+    assert load_bundle(tmp_path / "demo" / "bundle").plan.num_layers == 2

@@ -36,6 +36,22 @@ Choices (documented here because the hardware does not dictate them):
 - Mixed-sign weights are rounded to the nearest *even* integer, so Lava's truncation of the
   lowest bit (``lava.utils.weightutils.truncate_weights``) is the identity on them.
 - ``bias_exp`` is the smallest exponent whose mantissa fits 13 bits.
+- ``netx_compatible=True`` (``plan_from_float``, ``quantize_network``, ``quantize_layer``; off by
+  default, and then nothing above changes) quantizes for lava-dl's netx HDF5
+  (``converters/netx_out.py``), which can carry neither exponent: netx fixes ``bias_exp = 6``
+  (``lava/lib/dl/netx/hdf5.py`` l.158) and re-derives ``weight_exp <= 0`` from the integer weights so
+  that the Dense output is exactly ``W_file @ s`` with integer ``W_file`` of at most 8 bits
+  (``lava/lib/dl/netx/utils.py`` l.124-151). So ``weight_exp`` is 0, or -1 for mixed signs (even
+  weights at exponent -1 are the odd integers ``[-128, 127]`` that netx does keep): an exponent
+  ``e < 0`` is folded into ``k`` down to that (the same ``S``; weights rounded before the sum
+  instead of after it, i.e. ``|e|`` (mixed: ``|e| - 1``) fewer weight bits, and with a 16-bit
+  dendrite many small weights become 0); an exponent ``e > 0`` becomes 0 with the same ``k`` (``S``,
+  ``vth`` and the bias ``2**e`` times coarser). The bias is ``round(S * b_f / 64) << 6``: a
+  resolution of 64 v-LSBs, i.e. one threshold-mantissa unit, and at most ``4095 << 6`` (more
+  saturates, counted in ``bias_saturated``). For trained-like weights at the STFT size
+  (512 -> 256 -> 256 -> 128, 8-bit input; ``tests/test_netx_export.py``) that is exponent -4 -> -1 in
+  layer 0 (~5-bit weights, most of them 0) and 2**3-2**4 times coarser thresholds and biases in
+  layers 1 and 2.
 
 All functions are pure: they return new objects and never modify their arguments.
 """
@@ -55,6 +71,9 @@ from stft_neuro.hw_targets.loihi2.plan import DEFAULT_DT_S, DeploymentPlan
 from stft_neuro.hw_targets.loihi2.ste import straight_through
 from stft_neuro.hw_targets.loihi2.weights import (effective_bias, lava_effective_weights, weight_range,
                                                   weight_sign_mode)
+
+#: The bias exponent lava-dl's netx gives every CUBA neuron (``lava/lib/dl/netx/hdf5.py`` l.158).
+NETX_BIAS_EXP: int = 6
 
 
 @dataclass(frozen=True)
@@ -196,12 +215,13 @@ def _round_weights(w: np.ndarray, k: float, sign_mode: str) -> np.ndarray:
     return np.clip(np.round(w * k / step) * step, lo, hi).astype(np.int64)
 
 
-def _bias_to_int(b_int: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """Scaled float bias -> (mantissa, exponent, number saturated)."""
+def _bias_to_int(b_int: np.ndarray, exp: int | None = None) -> tuple[np.ndarray, int, int]:
+    """Scaled float bias -> (mantissa, exponent, number saturated); ``exp`` fixes the exponent."""
     mx = float(np.abs(b_int).max(initial=0.0))
-    exp = C.BIAS_EXP_MIN
-    while exp < C.BIAS_EXP_MAX and mx / 2 ** exp > C.BIAS_MANT_MAX:
-        exp += 1
+    if exp is None:
+        exp = C.BIAS_EXP_MIN
+        while exp < C.BIAS_EXP_MAX and mx / 2 ** exp > C.BIAS_MANT_MAX:
+            exp += 1
     m = np.round(b_int / 2 ** exp)
     sat = int(((m < C.BIAS_MANT_MIN) | (m > C.BIAS_MANT_MAX)).sum())
     return np.clip(m, C.BIAS_MANT_MIN, C.BIAS_MANT_MAX).astype(np.int64), exp, sat
@@ -212,19 +232,27 @@ def _bias_to_int(b_int: np.ndarray) -> tuple[np.ndarray, int, int]:
 # ----------------------------------------------------------------------------------------------
 
 def quantize_layer(layer: FloatLayer, in_scale: float, num_message_bits: int, *,
-                   weight_clip_percentile: float = 100.0, threshold_headroom_bits: int = 2
-                   ) -> tuple[FixedPointLayer, LayerQuantInfo]:
-    """One float layer -> :class:`FixedPointLayer` plus what it cost."""
+                   weight_clip_percentile: float = 100.0, threshold_headroom_bits: int = 2,
+                   netx_compatible: bool = False) -> tuple[FixedPointLayer, LayerQuantInfo]:
+    """One float layer -> :class:`FixedPointLayer` plus what it cost (``netx_compatible``: see
+    the module docstring)."""
     w = np.asarray(layer.weight, dtype=np.float64)
     mode = weight_sign_mode(w)
     ref = float(np.percentile(np.abs(w), weight_clip_percentile)) if w.size else 0.0
     pmax = 1 if num_message_bits == 0 else 2 ** (num_message_bits - 1)
     sc = choose_layer_scales(ref, layer.threshold, in_scale, mode, threshold_headroom_bits,
                              float(np.abs(w).sum(axis=1).max(initial=0.0)), w.shape[1], pmax)
+    if netx_compatible:  # weight_exp 0 or -1: fold e < 0 into k, drop e > 0 (module docstring)
+        e = 0 if sc.weight_exp >= 0 else max(sc.weight_exp, -1 if mode == "mixed" else 0)
+        k = sc.weight_scale * 2.0 ** (min(sc.weight_exp, 0) - e)
+        s = k * 2.0 ** (C.ACT_SHIFT + e) / in_scale
+        sc = LayerScales(weight_scale=k, weight_exp=e, state_scale=s,
+                         threshold_scale=s / 2 ** C.VTH_SHIFT, in_scale=in_scale, sign_mode=mode)
     lo, hi, _ = weight_range(mode)
     wk = w * sc.weight_scale
     w_int = _round_weights(w, sc.weight_scale, mode)
-    bias_mant, bias_exp, bias_sat = _bias_to_int(np.asarray(layer.bias, np.float64) * sc.state_scale)
+    bias_mant, bias_exp, bias_sat = _bias_to_int(np.asarray(layer.bias, np.float64) * sc.state_scale,
+                                                 NETX_BIAS_EXP if netx_compatible else None)
     du, dv = decay_to_int(layer.du, layer.dv)
     vth = int(np.clip(round(layer.threshold * sc.threshold_scale), 0, C.VTH_MAX))
     acc = int(np.abs(w_int).sum(axis=1).max(initial=0)) * pmax
@@ -246,8 +274,8 @@ def quantize_layer(layer: FloatLayer, in_scale: float, num_message_bits: int, *,
 
 
 def quantize_network(layers: Sequence[FloatLayer], input_scale: float, input_bits: int = 8, *,
-                     weight_clip_percentile: float = 100.0, threshold_headroom_bits: int = 2
-                     ) -> tuple[FixedPointNetwork, QuantizationReport]:
+                     weight_clip_percentile: float = 100.0, threshold_headroom_bits: int = 2,
+                     netx_compatible: bool = False) -> tuple[FixedPointNetwork, QuantizationReport]:
     """Float layers -> :class:`FixedPointNetwork` + :class:`QuantizationReport`.
 
     Layer 0 receives the host's input quantized by ``DeploymentPlan.encode_input`` (``input_scale``,
@@ -259,7 +287,8 @@ def quantize_network(layers: Sequence[FloatLayer], input_scale: float, input_bit
     for l, layer in enumerate(layers):
         f, i = quantize_layer(layer, input_scale if l == 0 else 1.0, input_bits if l == 0 else 0,
                               weight_clip_percentile=weight_clip_percentile,
-                              threshold_headroom_bits=threshold_headroom_bits)
+                              threshold_headroom_bits=threshold_headroom_bits,
+                              netx_compatible=netx_compatible)
         fixed.append(f)
         infos.append(i)
     return FixedPointNetwork(tuple(fixed)), QuantizationReport(tuple(infos), input_scale, input_bits)
@@ -271,16 +300,19 @@ def quantize_network(layers: Sequence[FloatLayer], input_scale: float, input_bit
 
 def plan_from_float(layers: Sequence[FloatLayer], input_scale: float, input_bits: int,
                     num_steps: int, dt: float = DEFAULT_DT_S, *, weight_clip_percentile: float = 100.0,
-                    threshold_headroom_bits: int = 2) -> tuple[DeploymentPlan, QuantizationReport]:
+                    threshold_headroom_bits: int = 2, netx_compatible: bool = False
+                    ) -> tuple[DeploymentPlan, QuantizationReport]:
     """Float layers -> the :class:`DeploymentPlan` every backend runs, and what quantizing cost.
 
     The only place where integers are computed from float parameters (float64, numpy): deploy-mode
     training wraps this plan's integers with straight-through gradients (:func:`qat_layers`) instead
-    of computing them a second time, so the two cannot disagree.
+    of computing them a second time, so the two cannot disagree. ``netx_compatible=True`` makes
+    a plan that lava-dl's netx HDF5 can carry exactly (module docstring: what it costs).
     """
     network, report = quantize_network(layers, input_scale, input_bits,
                                        weight_clip_percentile=weight_clip_percentile,
-                                       threshold_headroom_bits=threshold_headroom_bits)
+                                       threshold_headroom_bits=threshold_headroom_bits,
+                                       netx_compatible=netx_compatible)
     plan = DeploymentPlan(network=network, input_scale=input_scale,
                           threshold_scales=tuple(i.scales.threshold_scale for i in report.layers),
                           num_steps=num_steps, dt=dt)

@@ -172,9 +172,14 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             say(f"wrote {NIR_FILE}")
         netx = None
         if target in ("lava", "all"):
-            from stft_neuro.converters.netx_out import write_netx
+            from stft_neuro.converters.netx_out import NetxUnrepresentableError, write_netx
             t0 = time.perf_counter()
-            netx = write_netx(plan, tmp / NETX_FILE)
+            try:
+                netx = write_netx(plan, tmp / NETX_FILE)
+            except NetxUnrepresentableError as exc:
+                raise UserError(f"export --target {target}: {exc}; quantize for netx with "
+                                "`stft-neuro train --qat --from RUN --set spiking.netx_compatible=true`"
+                                ) from None
             timings[NETX_FILE] = time.perf_counter() - t0
             say(f"wrote {NETX_FILE}")
         onnx = None

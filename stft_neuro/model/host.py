@@ -109,7 +109,8 @@ class SpikingBranch(nn.Module):
         self.glp_visual = GLP() if cfg.glp else None
         self.encoder = nn.Linear(d, cfg.input_dim)
         self.chip = ChipNetwork((cfg.input_dim, *cfg.hidden), cfg.du, cfg.dv, cfg.threshold,
-                                cfg.surrogate_slope, cfg.input_bits, cfg.num_steps)
+                                cfg.surrogate_slope, cfg.input_bits, cfg.num_steps,
+                                netx_compatible=cfg.netx_compatible)
         n_layers = len(cfg.hidden)
         if cfg.dynamic_threshold:
             self.cue_info = nn.Parameter(torch.full((n_layers,), -1.0))

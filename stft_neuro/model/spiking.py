@@ -73,10 +73,11 @@ class ChipNetwork(nn.Module):
 
     def __init__(self, sizes: tuple[int, ...], du: float, dv: float, threshold: float,
                  surrogate_slope: float, input_bits: int = 8, num_steps: int = 10,
-                 dt: float = DEFAULT_DT_S) -> None:
+                 dt: float = DEFAULT_DT_S, netx_compatible: bool = False) -> None:
         super().__init__()
         self.mode = "float"
         self.input_bits = int(input_bits)
+        self.netx_compatible = bool(netx_compatible)
         self.num_steps, self.dt = int(num_steps), float(dt)
         # Float value of one input payload LSB (deploy mode); 0 until calibrated on data.
         self.register_buffer("input_scale", torch.zeros(()))
@@ -127,10 +128,11 @@ class ChipNetwork(nn.Module):
         if float(self.input_scale) <= 0:
             raise ValueError("ChipNetwork.deployment_plan: calibrate the input scale first")
         key = tuple(p._version for p in (*self.weights, *self.biases)) + tuple(
-            id(p) for p in (*self.weights, *self.biases)) + (float(self.input_scale),)
+            id(p) for p in (*self.weights, *self.biases)) + (float(self.input_scale), self.netx_compatible)
         if self._plan_cache is None or self._plan_cache[0] != key:
             plan, report = quantize.plan_from_float(self.float_layers(), float(self.input_scale),
-                                                    self.input_bits, self.num_steps, self.dt)
+                                                    self.input_bits, self.num_steps, self.dt,
+                                                    netx_compatible=self.netx_compatible)
             self._plan_cache = (key, plan, report)
         return self._plan_cache[1], self._plan_cache[2]
 
