@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from stft_neuro.run_nir import add_parser as add_run_nir_parser
     add_run_nir_parser(sub)
+    from stft_neuro.simulate import add_parser as add_simulate_parser
+    add_simulate_parser(sub)
+    from stft_neuro.report.cli import add_parser as add_report_parser
+    add_report_parser(sub)
     return parser
 
 
@@ -377,12 +381,58 @@ def cmd_demo(args) -> int:
     if cfg.spiking.enabled:
         print("\n== the spiking branch on Loihi 2 (quantized without fine-tuning) ==")
         print(_deployment_check(Path(args.out), bench))
-        print("\n== export: the deployment bundle (plan + NIR) ==")
-        bundle = Path(args.out) / "bundle"
-        export_args = argparse.Namespace(checkpoint=args.out, target="nir", out=str(bundle), force=True,
-                                         json=False, allow_pickle=getattr(args, "allow_pickle", False))
-        cmd_export(export_args)
+        _demo_deployment(Path(args.out), bench, results, getattr(args, "allow_pickle", False))
     return 0 if report["healthy"] else 1
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Run one subcommand in this process (the demo chains them); user errors propagate."""
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+def _demo_deployment(out: Path, bench, float_results: dict, allow_pickle: bool) -> None:
+    """QAT for one epoch, the bundle, the hybrid simulation on the reference simulator and on Lava
+    (a handful of test samples), the metrics side by side, and the report of the Lava run."""
+    from stft_neuro.protocol import GZSLMetrics, format_table
+    from stft_neuro.qat import qat_finetune
+    print("\n== QAT: one epoch of fine-tuning in Loihi 2 arithmetic (deploy mode) ==")
+    qat_dir = out / "qat"
+    qat = qat_finetune(out, qat_dir, ["train.epochs=1"], bench=bench)
+    print(f"run folder: {qat_dir}")
+    print("\n== export: the deployment bundle of the QAT run (plan + NIR) ==")
+    bundle = out / "bundle"
+    cmd_export(argparse.Namespace(checkpoint=str(qat_dir), target="nir", out=str(bundle), force=True,
+                                  json=False, allow_pickle=allow_pickle))
+    print("\n== hybrid simulation: the host and the spiking branch exchange tensors every step ==")
+    sims = {}
+    for backend in ("reference", "lava"):
+        sim_dir = out / f"sim-{backend}"
+        _dispatch(["simulate", "--bundle", str(bundle), "--checkpoint", str(qat_dir), "--backend", backend,
+                   "--split", "all", "--samples", "4", "--out", str(sim_dir), "--force"])
+        sims[backend] = sim_dir
+    import numpy as np
+    res = {b: json.loads((d / "results.json").read_text()) for b, d in sims.items()}
+    same = all(np.array_equal(np.load(sims["reference"] / "records.npz")[k],
+                              np.load(sims["lava"] / "records.npz")[k])
+               for k in np.load(sims["reference"] / "records.npz").files)
+    n = res["lava"]["samples"]
+    print("\n== float vs QAT vs reference vs Lava-hybrid ==")
+    print(format_table({
+        "float (stage 2 test)": GZSLMetrics(**float_results["stage2_test"]),
+        "quantized, no fine-tuning (PTQ)": GZSLMetrics(**qat["ptq"]),
+        "QAT (torch deploy mode)": GZSLMetrics(**qat["qat"]),
+        f"QAT, reference hybrid ({n} samples)": GZSLMetrics(**res["reference"]["metrics"]),
+        f"QAT, Lava hybrid ({n} samples)": GZSLMetrics(**res["lava"]["metrics"])}))
+    lava_t = res["lava"]["timings"]
+    print(f"(the hybrid rows use {n} test samples only: their S/U/HM are not comparable with the "
+          f"rows above)\nLava and reference records identical (spikes, thetas, payloads, "
+          f"predictions): {same}; Lava bridge {lava_t['bridge_per_step_ms']:.1f} ms per step, "
+          f"start-up {lava_t['startup_s']:.1f} s")
+    print("\n== report of the Lava hybrid run ==")
+    _dispatch(["report", "--run", str(sims["lava"]), "--html", str(out / "report.html"),
+               "--json", str(out / "report.json")])
+    print(f"\nreport: {out / 'report.html'} (and report.json, PNG plots beside it)")
 
 
 def _deployment_check(run: Path, bench) -> str:
@@ -423,6 +473,20 @@ def cmd_run_nir(args) -> int:
 COMMANDS["run-nir"] = cmd_run_nir
 
 
+def cmd_simulate(args) -> int:
+    from stft_neuro.simulate import main as simulate_main
+    return simulate_main(args)
+
+
+COMMANDS["simulate"] = cmd_simulate
+
+
+def cmd_report(args) -> int:
+    from stft_neuro.report.cli import main as report_main
+    return report_main(args)
+
+
+COMMANDS["report"] = cmd_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
                    help="timestep; overrides the graph's metadata dt (default: metadata, else 1e-4)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write counts, NeuroBench metrics and energy estimates of this run to "
+                        "DIR (report.json, report.html, PNGs; layers keyed by NIR node name); see "
+                        "`stft-neuro report --help` for the definitions")
+    p.add_argument("--constants", default=None, metavar="TOML",
+                   help="energy constant overrides for --report")
     return p
 
 
@@ -188,12 +194,15 @@ def run_graph(graph: Any, x: np.ndarray, backend: str, dt: float, dt_source: str
 
 
 def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: float,
-                    input_bits: int = 8) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                    input_bits: int = 8, keep: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run ``graph`` (read from ``file``) in Loihi 2 fixed point on ``x`` ``(B, T, n_in)``.
 
     Returns ``({output node: (B, T, n) spikes}, info)`` aligned to input time like the float path.
     A graph exported by stft-neuro runs its own plan (``converters.nir_out.plan_from_nir``); any
-    other plain chain is quantized by ``quantize.plan_from_float`` (see the command's help)."""
+    other plain chain is quantized by ``quantize.plan_from_float`` (see the command's help).
+    ``keep``, if given, receives what ran (for ``--report``): ``plan``, ``payloads`` (T', B, n_in),
+    ``spikes`` per layer (T', B, n), ``names`` (the LIF nodes), T' = T + the extra zero steps."""
     import nir
     import torch
 
@@ -249,6 +258,8 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
     else:
         from stft_neuro.hw_targets.loihi2 import arithmetic as A
         spikes, _ = A.chip_run(xin.to(torch.float64), None, None, A.network_arith(plan.network))
+    if keep is not None:
+        keep.update(plan=plan, payloads=xin, spikes=spikes, names=[st.name for st in lplan.stages])
     stage_index = {st.name: i for i, st in enumerate(lplan.stages)}
     out = {}
     for o in graph.outputs:
@@ -279,7 +290,8 @@ def main(args: argparse.Namespace) -> int:
     in_shape = graph.nodes[graph.inputs[0]].out_shape
     x, batched = load_input(args.input, in_shape)
     if fixed:
-        out, info = fixed_point_run(args.file, graph, x, args.backend, dt, args.input_bits)
+        ran: dict[str, Any] = {}
+        out, info = fixed_point_run(args.file, graph, x, args.backend, dt, args.input_bits, ran)
         info["dt_source"] = dt_source
         float_out, _ = run_graph(graph, x, "torch", dt, dt_source)
         a, b = out[output], float_out[output]
@@ -290,6 +302,15 @@ def main(args: argparse.Namespace) -> int:
     y = out[output]
     y = y if batched else y[0]
     save_atomic(args.out, np.ascontiguousarray(y, dtype=np.float32))
+    if args.report:
+        from stft_neuro.report.cli import report_graph_run, report_plan_run
+        src = {"kind": "run-nir", "file": str(args.file), "backend": args.backend,
+               "fixed_point": fixed, "output_node": output}
+        if fixed:
+            report_plan_run(ran["plan"], ran["payloads"], ran["spikes"], ran["names"], args.report,
+                            args.constants, src)
+        else:
+            report_graph_run(graph, dt, x, args.report, args.constants, src, checked={output: out[output]})
     result = {"file": str(args.file), "input": str(args.input), "out": str(args.out),
               "output_node": output, "output_nodes": list(graph.outputs),
               "input_shape": list(x.shape if batched else x.shape[1:]), "output_shape": list(y.shape),

@@ -1,0 +1,543 @@
+"""``stft-neuro simulate``: the hybrid run, host <-> step contract <-> a chosen backend, with records.
+
+::
+
+    stft-neuro simulate (--bundle DIR | --checkpoint RUN) --backend lava|reference|torch
+                        [--host torch|onnx] [--split stage_2_test_seen|stage_2_test_unseen|all]
+                        [--samples N] [--batch B] --out DIR [--json]
+
+The host (torch: the checkpoint's ``SpikingBranch``/``STFT``; onnx: the bundle's ``host_*.onnx`` in
+onnxruntime, :class:`~stft_neuro.export.onnx_host.OnnxHost`) drives the spiking branch through the
+step contract, one step at a time when thresholds are dynamic (closed loop). Backends:
+
+- ``reference``: :class:`~stft_neuro.sim.reference.ReferenceSimulator` (batched, bit-exact, torch);
+- ``lava``: :class:`~stft_neuro.sim.lava_session.LavaSession` (one Lava ``fixed_pt`` network and
+  runtime for all batches; reset in place between batches);
+- ``torch``: the checkpoint's own chip module in deploy mode (Loihi integer arithmetic in torch).
+
+All three compute the same integer arithmetic of the same plan, so predictions, spikes and thetas
+are identical sample for sample (tested).
+
+Decisions, written down:
+
+- **What a bundle alone cannot give.** A bundle (format version 1) holds the plan and the host
+  graphs, but neither the projected class embeddings (``STFT.embed_classes(w2v)``, needed for the
+  nearest-class prediction) nor the calibration ``b`` nor the data configuration. They come from
+  the training run: ``--checkpoint RUN`` when given, else the run folder the bundle was exported
+  from (``manifest["source"]``) when it still exists; otherwise a one-line error. ``b`` is the
+  run's ``meta.json`` ``progress.best_bias`` (chosen on stage-1 validation, as ``eval`` uses it).
+- **``--host torch`` with ``--bundle`` needs the checkpoint** (the torch host is the checkpoint's
+  model), and its frozen plan must equal the bundle's plan (else the host would convert with one
+  plan and the chip run another): checked, one-line error. ``--backend torch`` likewise needs the
+  checkpoint. ``--host onnx`` needs a bundle exported with ``--target onnx|all``.
+- **Without a bundle** the plan is the checkpoint's: a QAT run's own, or, for a float run, the plan
+  after calibrating the input scale on ``stage_2_train`` (as ``export`` does) and switching the chip
+  to deploy mode.
+- **``--samples N``**: N samples per selected split, drawn with a fixed seed (0) and kept in index
+  order; all samples by default. ``--split all`` = both stage-2 test splits.
+- **Metrics** (S/U/HM/ZSL, ``protocol.metrics_from_distances`` at the run's ``b``) are over the
+  simulated samples; with one split only, S or U (and HM) are 0 by definition (no samples).
+
+Output folder (written into a temporary sibling and renamed at the end: nothing partial remains
+after an error, Ctrl-C or SIGTERM). THE RECORD FORMAT IS A CONTRACT (``stft-neuro report`` reads it):
+
+``records.npz`` (``np.savez_compressed``), N samples, T steps, L layers:
+    ``spikes_1`` .. ``spikes_L``  (N, T, n_l) bool   every layer's spikes
+    ``theta``                    (N, T, L) int32    thresholds sent (only with dynamic thresholds)
+    ``payloads``                 (N, T, n_in) int16 graded payloads sent
+    ``labels``                   (N,) int64         global class index
+    ``pred``                     (N,) int64         predicted class (GZSL: all classes, b on seen)
+    ``sample_index``             (N,) int64         index of the sample within its split
+    ``split_name``               (N,) str           the split of each sample
+``plan.safetensors``  a copy of the plan run (``DeploymentPlan.save``)
+``results.json``      backend, host, bundle (path, manifest sha256), checkpoint, split, samples,
+                      metrics (S/U/HM/ZSL/bias), bias_source, timings (start-up, per-step bridge
+                      cost, host, backend, samples/s, sample-steps/s), onnx rounding notes.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stft_neuro.errors import UserError
+
+SPLITS = ("stage_2_test_seen", "stage_2_test_unseen")
+SPLIT_CHOICES = (*SPLITS, "all")
+BACKENDS = ("lava", "reference", "torch")
+HOSTS = ("torch", "onnx")
+RECORDS = "records.npz"
+RESULTS = "results.json"
+PLAN_COPY = "plan.safetensors"
+SAMPLE_SEED = 0
+
+
+class SimulateError(UserError):
+    """A simulation that cannot start or cannot finish; the message says why in one line."""
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI registration
+# ----------------------------------------------------------------------------------------------
+
+def add_parser(sub: Any) -> None:
+    """Register ``simulate`` on the CLI's subparsers."""
+    p = sub.add_parser(
+        "simulate", help="hybrid run: host (torch|onnx) <-> spiking backend (lava|reference|torch), "
+                         "with per-step records",
+        description="Run the stage-2 test samples through the host and the chosen spiking backend, "
+                    "step by step (closed loop of dynamic thresholds), and write records.npz (every "
+                    "layer's spikes, thetas, payloads, labels, predictions), plan.safetensors and "
+                    "results.json (S/U/HM/ZSL and timings) into --out. The three backends give "
+                    "identical records.")
+    p.add_argument("--bundle", metavar="DIR", help="deployment bundle (stft-neuro export)")
+    p.add_argument("--checkpoint", metavar="RUN", help="training run (needed for --host torch, "
+                   "--backend torch, and when the bundle's source run is gone)")
+    p.add_argument("--backend", required=True, choices=BACKENDS)
+    p.add_argument("--host", default="torch", choices=HOSTS,
+                   help="who runs the host side: the checkpoint's torch model, or the bundle's ONNX "
+                        "graphs in onnxruntime (default torch)")
+    p.add_argument("--split", default="all", choices=SPLIT_CHOICES)
+    p.add_argument("--samples", type=int, metavar="N", help="N samples per split (seeded; default all)")
+    p.add_argument("--batch", type=int, default=64, metavar="B", help="samples per batch (default 64)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder to create")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="other data than the run's (only [data] keys)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
+    p.add_argument("--json", action="store_true", help="print results.json instead of a table")
+
+
+def main(args: Any) -> int:
+    """CLI entry: run, print the table (or JSON)."""
+    from tqdm import tqdm
+
+    if args.backend == "lava":
+        _require_lava()  # first: tqdm's lock fixes multiprocessing's start method, Lava sets it at import
+    bar = tqdm(unit="sample", disable=True if args.json else None, dynamic_ncols=True,
+               file=__import__("sys").stderr)
+    try:
+        results = simulate(bundle=args.bundle, checkpoint=args.checkpoint, backend=args.backend,
+                           host=args.host, split=args.split, samples=args.samples, batch=args.batch,
+                           out=args.out, force=args.force, overrides=args.overrides,
+                           allow_pickle=args.allow_pickle,
+                           progress=lambda n, total: (setattr(bar, "total", total), bar.update(n)))
+    finally:
+        bar.close()
+    print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_results(results))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Timed:
+    """A step-contract backend wrapped so that the time spent inside it is summed (host time is the
+    rest). Forwards ``sizes``/``plan`` and every call unchanged."""
+
+    inner: Any
+    seconds: float = 0.0
+    steps: int = 0
+    sample_steps: int = 0
+
+    @property
+    def sizes(self):
+        return self.inner.sizes
+
+    @property
+    def plan(self):
+        return self.inner.plan
+
+    def reset(self, batch):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.reset(batch)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def step(self, x_t, theta_t, state):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.step(x_t, theta_t, state)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.steps += 1
+            self.sample_steps += int(x_t.shape[0])
+
+    def run(self, x, theta=None, state=None):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.run(x, theta, state)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.steps += int(x.shape[0])
+            self.sample_steps += int(x.shape[0]) * int(x.shape[1])
+
+
+def simulate(*, bundle: str | None, checkpoint: str | None, backend: str, host: str = "torch",
+             split: str = "all", samples: int | None = None, batch: int = 64, out: str,
+             force: bool = False, overrides: list[str] | None = None, allow_pickle: bool = False,
+             progress: Any = None) -> dict[str, Any]:
+    """Run the simulation and write the output folder atomically; returns results.json's dict.
+
+    ``progress(n_done_now, total)`` is called after each batch. SIGTERM is turned into
+    ``KeyboardInterrupt`` for the duration (main thread), so the temporary folder and any Lava
+    runtime are always cleaned up."""
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        from stft_neuro.sim.lava_session import on_sigterm
+        old_term = signal.signal(signal.SIGTERM, functools.partial(on_sigterm, os.getpid()))
+    try:
+        return _simulate(bundle, checkpoint, backend, host, split, samples, batch, out, force,
+                         overrides or [], allow_pickle, progress)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, batch, out, force,
+              overrides, allow_pickle, progress) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    if backend_name not in BACKENDS:
+        raise SimulateError(f"simulate: unknown backend {backend_name!r} (one of {', '.join(BACKENDS)})")
+    if host_name not in HOSTS:
+        raise SimulateError(f"simulate: unknown host {host_name!r} (one of {', '.join(HOSTS)})")
+    if split not in SPLIT_CHOICES:
+        raise SimulateError(f"simulate: unknown split {split!r} (one of {', '.join(SPLIT_CHOICES)})")
+    if batch is None or int(batch) < 1:
+        raise SimulateError(f"simulate: --batch must be >= 1, got {batch}")
+    if samples is not None and int(samples) < 1:
+        raise SimulateError(f"simulate: --samples must be >= 1, got {samples}")
+    if bundle_dir is None and checkpoint is None:
+        raise SimulateError("simulate: give --bundle DIR or --checkpoint RUN")
+    if host_name == "onnx" and bundle_dir is None:
+        raise SimulateError("simulate: --host onnx runs the bundle's ONNX graphs: give --bundle DIR")
+    out = Path(out)
+    if out.exists() and not force:
+        raise SimulateError(f"simulate: {out} already exists (choose a new folder, or --force)")
+
+    # -- what to run: bundle, checkpoint, plan -------------------------------------------------
+    bundle = None
+    if bundle_dir is not None:
+        from stft_neuro.export.bundle import MANIFEST, load_bundle
+        bundle = load_bundle(bundle_dir)
+        if checkpoint is None:
+            source = bundle.manifest.get("source") or ""
+            if source and Path(source).is_dir():
+                checkpoint = source
+            else:
+                raise SimulateError(
+                    f"simulate: bundle {bundle_dir} holds no class embeddings nor calibration b and "
+                    f"its source run {source!r} is not there: give --checkpoint RUN")
+    if backend_name == "torch" and checkpoint is None:
+        raise SimulateError("simulate: --backend torch runs the checkpoint's chip module: give --checkpoint RUN")
+    model, cfg, meta = _load_model(checkpoint, overrides, allow_pickle)
+    bench = _load_bench(cfg, allow_pickle)
+    _check_widths(bench, meta, checkpoint)
+    plan = _model_plan(model, bench) if bundle is None or host_name == "torch" or backend_name == "torch" \
+        else None
+    if bundle is not None:
+        if plan is not None and not _same_plan(plan, bundle.plan):
+            raise SimulateError(f"simulate: the checkpoint {checkpoint} runs a different deployment plan "
+                                f"than the bundle {bundle_dir} (re-export the bundle from this run)")
+        plan = bundle.plan
+    onnx_host = None
+    if host_name == "onnx":
+        from stft_neuro.export.onnx_host import CUE_FILE, ENCODER_FILE, OnnxHost
+        bundle.file(ENCODER_FILE)  # one-line error when the bundle has no host graphs
+        onnx_host = OnnxHost(bundle.path)
+        d = onnx_host.description
+        for what, got, want in (("audio", bench.audio_dim, d["audio_dim"]),
+                                ("visual", bench.visual_dim, d["visual_dim"])):
+            if got != want:
+                raise SimulateError(f"simulate: the bundle's host graphs take {what} features of width "
+                                    f"{want}, the benchmark has {got}")
+        if onnx_host.dynamic_threshold:
+            bundle.file(CUE_FILE)
+    dynamic = bool(model.spiking.cfg.dynamic_threshold)
+    bias = float(meta["progress"]["best_bias"])
+    with torch.no_grad():
+        class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings)).float().numpy()
+
+    # -- the samples ----------------------------------------------------------------------------
+    chosen = SPLITS if split == "all" else (split,)
+    picks = []
+    for name in chosen:
+        n = len(bench.splits[name])
+        idx = np.arange(n)
+        if samples is not None and samples < n:
+            idx = np.sort(np.random.default_rng(SAMPLE_SEED).choice(n, int(samples), replace=False))
+        picks.extend((name, int(i)) for i in idx)
+    if not picks:
+        raise SimulateError(f"simulate: split {split} has no samples")
+    total = len(picks)
+
+    # -- the backend -----------------------------------------------------------------------------
+    session = None
+    if backend_name == "reference":
+        from stft_neuro.sim.reference import ReferenceSimulator
+        inner = ReferenceSimulator(plan)
+    elif backend_name == "lava":
+        from stft_neuro.sim.lava_session import LavaSession
+        _require_lava()
+        inner = session = LavaSession(plan, min(int(batch), total))
+    else:
+        inner = model.spiking.chip
+    backend = _Timed(inner)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        t_loop = time.perf_counter()
+        startup_s = t_loop - t_start
+        rec = _run_batches(model, onnx_host, backend, bench, picks, int(batch), class_emb, bias,
+                           bench.seen(2), dynamic, progress)
+        loop_s = time.perf_counter() - t_loop
+        if session is not None:
+            lava_timing = dict(vars(session.timing))
+            session.close()
+        else:
+            lava_timing = None
+        metrics = _metrics(rec, class_emb, bench, bias)
+        L = plan.num_layers
+        arrays = {f"spikes_{l + 1}": rec["spikes"][l] for l in range(L)}
+        if dynamic:
+            arrays["theta"] = rec["theta"]
+        arrays.update(payloads=rec["payloads"], labels=rec["labels"], pred=rec["pred"],
+                      sample_index=rec["sample_index"], split_name=rec["split_name"])
+        np.savez_compressed(tmp / RECORDS, **arrays)
+        plan.save(tmp / PLAN_COPY)
+        T = int(rec["payloads"].shape[1])
+        sample_steps = total * T
+        backend_s = backend.seconds
+        bridge = lava_timing
+        startup_backend = (bridge["build_s"] if bridge else 0.0)
+        results = {
+            "format": "stft-neuro/simulate", "version": 1,
+            "backend": backend_name, "host": host_name,
+            "bundle": None if bundle is None else {
+                "path": str(bundle.path),
+                "manifest_sha256": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest()},
+            "checkpoint": str(checkpoint), "split": split, "splits": list(chosen),
+            "samples": total, "samples_per_split": samples, "batch": int(batch),
+            "num_steps": T, "sizes": list(plan.sizes), "dynamic_threshold": dynamic,
+            # padded feature length S of the benchmark (the host's FLOPs per sample depend on it)
+            "seconds": int(bench.splits[chosen[0]].audio.shape[1]),
+            "metrics": metrics, "bias_source": f"{checkpoint}/meta.json progress.best_bias",
+            "timings": {
+                "startup_s": startup_s + startup_backend,
+                "startup_host_s": startup_s, "startup_backend_s": startup_backend,
+                "loop_s": loop_s,
+                "backend_s": backend_s - startup_backend,
+                "host_s": loop_s - backend_s,
+                "bridge_per_step_ms": 1e3 * (backend_s - startup_backend) / max(1, backend.steps),
+                "steps": backend.steps,
+                "samples_per_s": total / loop_s, "sample_steps_per_s": sample_steps / loop_s,
+                "lava": bridge,
+            },
+            "onnx_vs_torch_rounding": rec["onnx_vs_torch_rounding"],
+            "record_format": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+        }
+        (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException as exc:
+        if session is not None:
+            session.close(force=not isinstance(exc, Exception) or _is_lava_failure(exc))
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_lava_failure(exc):
+            raise SimulateError(f"simulate --backend lava: {exc}") from None
+        raise
+    return results
+
+
+def _require_lava() -> None:
+    """Import Lava (one-line :class:`SimulateError` when it cannot be)."""
+    from stft_neuro.sim.lava_runner import LavaUnavailableError
+    from stft_neuro.sim.lava_session import _lava
+    try:
+        _lava()
+    except LavaUnavailableError as exc:
+        raise SimulateError(f"simulate --backend lava: {exc}") from None
+
+
+def _is_lava_failure(exc: BaseException) -> bool:
+    from stft_neuro.sim.lava_session import LavaSessionError
+    return isinstance(exc, LavaSessionError)
+
+
+def _run_batches(model, onnx_host, backend, bench, picks, batch, class_emb, bias, seen, dynamic,
+                 progress) -> dict[str, Any]:
+    """Every batch through host + backend; returns the stacked records (numpy, sample-major)."""
+    from stft_neuro.protocol import distances, predict
+
+    plan = backend.plan if backend.plan is not None else None
+    rounding = {"payload_mismatches": 0, "payloads": 0, "theta_mismatches": 0, "thetas": 0}
+    spikes: list[list[np.ndarray]] = []
+    thetas, payloads, joints = [], [], []
+    for i in range(0, len(picks), batch):
+        chunk = picks[i:i + batch]
+        a, v, n = _features(bench, chunk)
+        with torch.no_grad():
+            if onnx_host is not None:
+                res = onnx_host.run(a.numpy(), v.numpy(), n.numpy(), backend)
+                sp = [np.asarray(s) for s in res["spikes"]]
+                th = res.get("theta")
+                joint = np.asarray(res["joint"])
+                x, _ = onnx_host.encode(a.numpy(), v.numpy(), n.numpy())
+                _count_rounding(rounding, model, plan, a, v, n, x, sp, th)
+            else:
+                res = model(a, v, n, backend=backend)
+                sp = [s.detach().float().numpy() for s in res["spikes"]]
+                th = res["theta"].detach().numpy() if "theta" in res else None
+                joint = res["joint"].float().numpy()
+                cur, _ = model.spiking.encode(a, v, n)
+                x = backend.plan.encode_input(cur).detach().numpy()
+        spikes.append([s.transpose(1, 0, 2) > 0.5 for s in sp])                  # (B, T, n_l)
+        if dynamic:
+            thetas.append(np.rint(np.asarray(th, dtype=np.float64)).astype(np.int32).transpose(1, 0, 2))
+        payloads.append(np.rint(np.asarray(x, dtype=np.float64)).astype(np.int16).transpose(1, 0, 2))
+        joints.append(joint)
+        if progress is not None:
+            progress(len(chunk), len(picks))
+    joint = np.concatenate(joints)
+    dist = distances(joint, class_emb)
+    pred = predict(dist, np.arange(class_emb.shape[0]), seen, bias)
+    L = len(spikes[0])
+    return {
+        "spikes": [np.concatenate([s[l] for s in spikes]) for l in range(L)],
+        "theta": np.concatenate(thetas) if dynamic else None,
+        "payloads": np.concatenate(payloads),
+        "joint": joint, "dist": dist,
+        "labels": np.array([bench.splits[s].labels[i] for s, i in picks], dtype=np.int64),
+        "pred": pred.astype(np.int64),
+        "sample_index": np.array([i for _, i in picks], dtype=np.int64),
+        "split_name": np.array([s for s, _ in picks]),
+        "onnx_vs_torch_rounding": rounding if onnx_host is not None else None,
+    }
+
+
+def _count_rounding(counts, model, plan, a, v, n, x_onnx, spikes_onnx, theta_onnx) -> None:
+    """Count the payloads and thetas the ONNX host sent that the torch host would have rounded
+    differently, given the same inputs (the torch cue is fed the ONNX loop's own spikes)."""
+    cur, g = model.spiking.encode(a, v, n)
+    x_torch = plan.encode_input(cur).numpy()
+    counts["payload_mismatches"] += int((np.asarray(x_onnx) != x_torch).sum())
+    counts["payloads"] += int(x_torch.size)
+    if theta_onnx is None:
+        return
+    th = [plan.theta_to_chip(model.spiking.initial_cue(g))]
+    for t in range(len(spikes_onnx[0]) - 1):
+        s_t = tuple(torch.as_tensor(s[t]) for s in spikes_onnx)
+        th.append(plan.theta_to_chip(model.spiking.threshold_cue(s_t, g)))
+    th_torch = torch.stack(th).numpy()
+    counts["theta_mismatches"] += int((np.asarray(theta_onnx) != th_torch).sum())
+    counts["thetas"] += int(th_torch.size)
+
+
+def _features(bench, chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S, Da), (B, S, Dv), (B,) of the picked samples, trimmed to the batch's longest sample."""
+    a = np.stack([bench.splits[s].audio[i] for s, i in chunk])
+    v = np.stack([bench.splits[s].visual[i] for s, i in chunk])
+    n = np.array([bench.splits[s].lengths[i] for s, i in chunk], dtype=np.int64)
+    return torch.as_tensor(a), torch.as_tensor(v), torch.as_tensor(n)
+
+
+def _metrics(rec, class_emb, bench, bias) -> dict[str, float]:
+    from stft_neuro.protocol import metrics_from_distances
+    m = metrics_from_distances(rec["dist"], rec["labels"], bench.seen(2), bench.unseen(2), bias)
+    return m.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+def _load_model(checkpoint, overrides, allow_pickle):
+    from stft_neuro import config as config_mod
+    from stft_neuro.checkpoint import load_run
+    from stft_neuro.errors import CheckpointError
+    model, cfg, meta = load_run(checkpoint)
+    if model.spiking is None:
+        raise CheckpointError(f"{checkpoint}: no spiking branch (spiking.enabled=false): nothing to simulate")
+    if any(not o.startswith("data.") for o in overrides):
+        raise CheckpointError("simulate: only [data] keys can be overridden (the model is the checkpoint's)")
+    cfg = config_mod.load(overrides=overrides, base=cfg)
+    if allow_pickle:
+        cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+    return model.cpu().eval(), cfg, meta
+
+
+def _load_bench(cfg, allow_pickle):
+    from stft_neuro.data import load_benchmark
+    return load_benchmark(cfg.data)
+
+
+def _check_widths(bench, meta, checkpoint) -> None:
+    from stft_neuro.errors import CheckpointError
+    for what, got, want in (("audio", bench.audio_dim, meta["audio_dim"]),
+                            ("visual", bench.visual_dim, meta["visual_dim"])):
+        if got != want:
+            raise CheckpointError(f"{checkpoint}: model expects {what} features of width {want}, "
+                                  f"the benchmark has {got}")
+    if len(bench.class_names) != len(meta["class_names"]):
+        raise CheckpointError(f"{checkpoint}: trained on {len(meta['class_names'])} classes, "
+                              f"the benchmark has {len(bench.class_names)}")
+
+
+def _model_plan(model, bench):
+    """The checkpoint's frozen plan; a float run is calibrated on stage_2_train and switched to
+    deploy mode first (so that its torch chip runs this plan's integer arithmetic)."""
+    if not model.spiking.deploy:
+        from stft_neuro.qat import calibrate
+        calibrate(model, bench.splits["stage_2_train"], torch.device("cpu"))
+        model.spiking.set_deploy(True)
+    model.eval()
+    return model.spiking.deployment_plan()[0]
+
+
+def _same_plan(a, b) -> bool:
+    if a.to_dict() != b.to_dict():
+        return False
+    return all(np.array_equal(x.weight, y.weight) and np.array_equal(x.bias_mant, y.bias_mant)
+               for x, y in zip(a.network.layers, b.network.layers))
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def format_results(r: dict[str, Any]) -> str:
+    """The human-readable table of a results dict."""
+    from stft_neuro.protocol import GZSLMetrics, format_table
+    t = r["timings"]
+    lines = [format_table({f"{r['backend']} / host {r['host']}": GZSLMetrics(**r["metrics"])}), "",
+             f"{'samples':<26}{r['samples']:>12} ({r['split']}, T = {r['num_steps']}, batch {r['batch']})",
+             f"{'start-up':<26}{t['startup_s']:>12.2f} s",
+             f"{'host':<26}{t['host_s']:>12.2f} s",
+             f"{'backend':<26}{t['backend_s']:>12.2f} s",
+             f"{'per-step bridge cost':<26}{t['bridge_per_step_ms']:>12.2f} ms (whole batch)",
+             f"{'samples/s':<26}{t['samples_per_s']:>12.1f}",
+             f"{'sample-steps/s':<26}{t['sample_steps_per_s']:>12.1f}"]
+    return "\n".join(lines)

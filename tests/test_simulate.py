@@ -1,0 +1,191 @@
+"""``stft-neuro simulate``: identical records across backends, ONNX host == torch host, the record
+format, one-line errors on bad input, and no leftovers when a Lava-backed run is interrupted.
+
+A tiny trained run (tests/test_cli.py's TINY: 16 -> 12 -> 8, T = 4, dynamic thresholds) and its
+ONNX bundle keep this fast; the real-size bit-exactness of the Lava bridge is tests/test_lava_session.py.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stft_neuro.cli import main
+from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
+
+from test_cli import TINY, _sets
+from test_lava_session import _shm
+
+try:  # import Lava before the fixture's training run fixes multiprocessing's start method
+    from stft_neuro.sim.lava_session import _lava
+
+    _lava()
+except ImportError:
+    pass  # the Lava tests are then skipped (or fail) by conftest's policy
+
+RECORD_KEYS = {"spikes_1", "spikes_2", "theta", "payloads", "labels", "pred", "sample_index", "split_name"}
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    run, bundle = root / "run", root / "bundle"
+    assert main(["train", "--json", "--out", str(run), *_sets(*TINY)]) == 0
+    assert main(["export", "--json", "--checkpoint", str(run), "--target", "onnx", "--out", str(bundle)]) == 0
+    return run, bundle
+
+
+def _simulate(tmp_path, bundle, *args) -> tuple[dict, dict]:
+    out = tmp_path / ("sim_" + "_".join(a.strip("-") for a in args))
+    assert main(["simulate", "--json", "--bundle", str(bundle), "--out", str(out), *args]) == 0
+    with np.load(out / "records.npz") as z:
+        rec = {k: z[k] for k in z.files}
+    return rec, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.lava
+def test_backends_give_identical_records_and_onnx_host_the_same_predictions(tmp_path, tiny_bundle, capsys):
+    run, bundle = tiny_bundle
+    ref, res = _simulate(tmp_path, bundle, "--backend", "reference")
+    # the record format (a contract with `stft-neuro report`)
+    assert set(ref) == RECORD_KEYS
+    N, T = ref["labels"].shape[0], res["num_steps"]
+    assert N == res["samples"] > 0 and T == 4
+    assert ref["spikes_1"].shape == (N, T, 12) and ref["spikes_1"].dtype == bool
+    assert ref["spikes_2"].shape == (N, T, 8) and ref["spikes_2"].dtype == bool
+    assert ref["theta"].shape == (N, T, 2) and ref["theta"].dtype == np.int32
+    assert ref["payloads"].shape == (N, T, 16) and ref["payloads"].dtype == np.int16
+    assert ref["pred"].shape == ref["sample_index"].shape == ref["split_name"].shape == (N,)
+    assert set(ref["split_name"]) == {"stage_2_test_seen", "stage_2_test_unseen"}
+    # the regime: every layer spikes, thresholds move, payloads are not all zero
+    assert ref["spikes_1"].any() and ref["spikes_2"].any()
+    assert len(np.unique(ref["theta"])) > 2 and np.abs(ref["payloads"]).max() > 0
+    assert set(res["metrics"]) == {"S", "U", "HM", "ZSL", "bias"}
+    assert res["bundle"]["manifest_sha256"] and res["timings"]["samples_per_s"] > 0
+    plan_run = DeploymentPlan.load(tmp_path / "sim_backend_reference" / "plan.safetensors")
+    assert plan_run.to_dict() == DeploymentPlan.load(bundle / "plan.safetensors").to_dict()
+
+    for backend in ("torch", "lava"):
+        other, res_o = _simulate(tmp_path, bundle, "--backend", backend, "--batch", "32")
+        for key in RECORD_KEYS:
+            assert np.array_equal(other[key], ref[key]), f"--backend {backend}: {key} differs"
+        assert res_o["metrics"] == res["metrics"]
+    _, res_l = _simulate(tmp_path, bundle, "--backend", "lava", "--batch", "8", "--samples", "7")
+    # 14 samples in batches of 8: one build, one in-place reset, the last batch padded
+    assert res_l["timings"]["lava"]["builds"] == 1 and res_l["timings"]["lava"]["resets"] == 1
+
+    onnx, res_x = _simulate(tmp_path, bundle, "--backend", "reference", "--host", "onnx")
+    assert np.array_equal(onnx["pred"], ref["pred"]), "--host onnx predicts differently from torch"
+    rounding = res_x["onnx_vs_torch_rounding"]
+    assert rounding["payloads"] == ref["payloads"].size and rounding["thetas"] == ref["theta"].size
+    # what rounds differently is counted and reported; records agree exactly where nothing did
+    if rounding["payload_mismatches"] == 0 and rounding["theta_mismatches"] == 0:
+        for key in RECORD_KEYS:
+            assert np.array_equal(onnx[key], ref[key]), f"--host onnx: {key} differs"
+
+
+def _one_line_error(capsys, argv) -> str:
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code not in (0, None), argv
+    assert len(err.splitlines()) == 1 and "error" in err, err
+    return err
+
+
+def test_bad_input_is_one_line_and_leaves_no_output(tmp_path, tiny_bundle, capsys):
+    run, bundle = tiny_bundle
+    out = tmp_path / "out"
+    base = ["simulate", "--backend", "reference", "--out", str(out)]
+    assert "split" in _one_line_error(capsys, [*base, "--bundle", str(bundle), "--split", "stage_9_nope"])
+    wrong = tmp_path / "wrong"
+    shutil.copytree(bundle, wrong)
+    (wrong / "host_cue.onnx").unlink()
+    assert "missing" in _one_line_error(capsys, [*base, "--bundle", str(wrong)])
+    shutil.rmtree(wrong)
+    shutil.copytree(bundle, wrong)
+    with open(wrong / "plan.safetensors", "r+b") as f:
+        f.seek(-3, 2)
+        f.write(b"\x00\x01\x02")
+    assert "corrupted" in _one_line_error(capsys, [*base, "--bundle", str(wrong)])
+    shutil.rmtree(wrong)
+    shutil.copytree(bundle, wrong)
+    manifest = json.loads((wrong / "manifest.json").read_text())
+    manifest["version"] = 99
+    (wrong / "manifest.json").write_text(json.dumps(manifest))
+    assert "version" in _one_line_error(capsys, [*base, "--bundle", str(wrong)])
+    assert "width" in _one_line_error(capsys, [*base, "--bundle", str(bundle), "--checkpoint", str(run),
+                                               "--set", "data.audio_dim=30"])
+    assert "--bundle" in _one_line_error(capsys, ["simulate", "--backend", "reference", "--host",
+                                                      "onnx", "--checkpoint", str(run), "--out", str(out)])
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.lava
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_lava_simulate_leaves_nothing_behind(tmp_path, tiny_bundle, sig):
+    """Interrupt a Lava-backed simulate midway (batch 1: one Lava sequence per sample, ~20 s in
+    all); it must exit 130 with one line, and leave no process, no /dev/shm segment, no output."""
+    _, bundle = tiny_bundle
+    out = tmp_path / "sim"
+    shm0 = _shm()
+    proc = subprocess.Popen([sys.executable, "-m", "stft_neuro.cli", "simulate", "--bundle", str(bundle),
+                             "--backend", "lava", "--batch", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kids: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:   # midway: Lava running, output pending
+        if list(tmp_path.glob(".sim.partial-*")):
+            kids = _descendants(proc.pid)
+            if len(kids) >= 3:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None and len(kids) >= 3, "the run did not reach its Lava loop"
+    time.sleep(2.0)
+    kids |= _descendants(proc.pid)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "stft-neuro: interrupted", err
+    for _ in range(50):   # the resource tracker exits when its parent's pipe closes
+        alive = {p for p in kids if _alive(p)}
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert alive == set(), f"processes left behind: {alive}"
+    assert _shm() - shm0 == set(), "shared memory left in /dev/shm"
+    assert not out.exists() and not list(tmp_path.glob(".sim.partial-*")), "partial output left"
+
+
+def _descendants(pid: int) -> set[int]:
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
