@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stft-neuro-installed
 WHEELS := $(VENV)/lava-wheels
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-slow bench install clean
 
 install: $(STAMP)
 
@@ -28,8 +28,12 @@ demo: $(STAMP)
 	$(VENV)/bin/stft-neuro demo
 
 # Lava is part of the installed environment: a Lava test that cannot import Lava fails (tests/conftest.py).
+# `make test` is the fast default suite; `make test-slow` the long ones (interrupts, real-size ONNX).
 test: $(STAMP)
-	STFT_NEURO_REQUIRE_LAVA=1 $(PY) -m pytest -q
+	STFT_NEURO_REQUIRE_LAVA=1 $(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	STFT_NEURO_REQUIRE_LAVA=1 $(PY) -m pytest -q -m slow
 
 # The deployment benchmarks (minutes); the model-quality sweeps are listed in BENCHMARKS.md.
 bench: $(STAMP)
