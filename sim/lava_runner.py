@@ -58,6 +58,13 @@ def _lava() -> dict[str, Any]:
     """Import Lava once and define the two custom classes (module-level, so they pickle by name)."""
     if _LAVA:
         return _LAVA
+    import multiprocessing as mp
+
+    # Lava calls ``mp.set_start_method('fork')`` (no ``force``) at import, which raises "context has
+    # already been set" once anything has fixed the start method (tqdm's lock does, and so does
+    # NeuroBench): where it is already 'fork', unset it so that Lava sets the same method again.
+    if mp.get_start_method(allow_none=True) == "fork":
+        mp.set_start_method(None, force=True)
     try:
         from lava.magma.core.decorator import implements, requires, tag
         from lava.magma.core.model.py.ports import PyInPort, PyOutPort

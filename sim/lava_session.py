@@ -130,14 +130,7 @@ def _lava() -> dict[str, Any]:
     module level (Lava's forked process models find them by name)."""
     if _SESSION_LAVA:
         return _SESSION_LAVA
-    import multiprocessing as mp
-
-    # Lava calls ``mp.set_start_method('fork')`` (no ``force``) at import, which raises "context has
-    # already been set" once anything has fixed the start method (tqdm's lock does): where it is
-    # already 'fork', unset it so Lava sets the same method again.
-    if mp.get_start_method(allow_none=True) == "fork":
-        mp.set_start_method(None, force=True)
-    lv = lava_runner._lava()  # raises LavaUnavailableError with the reason
+    lv = lava_runner._lava()  # (also settles multiprocessing's start method for Lava)  # raises LavaUnavailableError with the reason
     from lava.magma.core.decorator import implements, requires, tag
     from lava.magma.core.model.py.ports import PyInPort
     from lava.magma.core.model.py.type import LavaPyType

@@ -143,3 +143,31 @@ def test_damaged_bundles_are_one_clear_error(nir_bundle, tmp_path, damage, fragm
     with pytest.raises(BundleError) as info:
         load_bundle(b)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.lava
+def test_netx_bundle_equals_reference_on_benchmark_samples(trained, tmp_path):
+    """`export --target lava` of a netx-compatible QAT run: lava-dl's own netx Network, loaded
+    from the bundle, gives exactly the reference simulator's spikes on real benchmark samples
+    (static thresholds: netx has no threshold-modulation port)."""
+    from stft_neuro.converters.netx_out import run_netx
+    qat = tmp_path / "qat"
+    assert main(["train", "--qat", "--from", str(trained), "--out", str(qat), "--json",
+                 "--set", "train.epochs=1", "--set", "spiking.netx_compatible=true"]) == 0
+    out = tmp_path / "bundle"
+    assert main(["export", "--checkpoint", str(qat), "--target", "lava", "--out", str(out), "--json"]) == 0
+    bundle = load_bundle(out)
+    model, cfg, _ = load_run(qat)
+    split = load_benchmark(cfg.data).splits["stage_2_test_unseen"]
+    a, v, n = (torch.as_tensor(x[:3]) for x in (split.audio, split.visual, split.lengths))
+    with torch.no_grad():
+        x, _ = model.spiking.encode(a, v, n)
+        payloads = bundle.plan.encode_input(x)                        # (T, B, n_in)
+    T = payloads.shape[0]
+    extra = bundle.plan.num_layers                                    # see the last inputs through
+    xin = torch.cat([payloads, payloads.new_zeros(extra, *payloads.shape[1:])])
+    ref, _ = ReferenceSimulator(bundle.plan).run(xin)
+    lava = run_netx(bundle.file("spiking_netx.h5"), xin.numpy())
+    assert ref[-1].sum() > 0, "the last layer must spike"
+    assert np.array_equal(lava, ref[-1].numpy())
+    assert T == bundle.plan.num_steps
