@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +70,9 @@ def test_bad_generated_counts() -> None:
 
 
 @pytest.mark.skipif(not SHARED_UCF.is_dir(), reason="shared/data/avgzsl not present")
-def test_real_ucf_split_and_speed() -> None:
-    start = time.perf_counter()
+def test_real_ucf_split() -> None:
+    """The real UCF-GZSL class split and word2vec (generation speed is measured in bench/, not here)."""
     b = load_benchmark(DataConfig())
-    assert time.perf_counter() - start < 5.0
     assert b.source.startswith("synthetic (real UCF")
     assert len(b.class_names) == 51 and "HandStandPushups" in b.class_names
     assert (len(b.seen(1)), len(b.unseen(1)), len(b.seen(2)), len(b.unseen(2))) == (30, 12, 42, 9)
