@@ -150,9 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--lava-samples", type=int, default=3)
     ap.add_argument("--no-emulate-avx2", action="store_true", help="skip the AVX2-only emulation")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: torch's default, one per core); on a shared, busy machine "
+                         "1 thread avoids OpenMP stalls that slow 2-thread runs by 10x or more")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     ap.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.child_emulated:
         import torch
         torch.backends.mkldnn.enabled = False  # torch's own int8 dispatch on a CPU without VNNI
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_emulate_avx2:
         env = dict(os.environ, **EMULATION_ENV)
         proc = subprocess.run([sys.executable, __file__, CHILD_FLAG, "--repeats", str(args.repeats),
-                               "--lava-samples", str(args.lava_samples)],
+                               "--lava-samples", str(args.lava_samples), "--threads", str(args.threads)],
                               env=env, capture_output=True, text=True, check=True)
         emulated = json.loads(proc.stdout.strip().splitlines()[-1])
         lines += ["", *table(emulated, "The same CPU emulating an AVX2-only one "
@@ -185,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         from markdown import replace_section
         replace_section(HEADING.removeprefix("## "), text,
                         f"python bench/bench_reference.py --repeats {args.repeats} "
-                        f"--lava-samples {args.lava_samples}")
+                        f"--lava-samples {args.lava_samples}"
+                        + (f" --threads {args.threads}" if args.threads else ""))
     return 0
 
 
