@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetw
 from stft_neuro.hw_targets.loihi2.plan import DEFAULT_DT_S, DeploymentPlan
 from stft_neuro.hw_targets.loihi2.quantize import FloatLayer, decay_to_float
 from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
+
+if TYPE_CHECKING:  # nir is imported where it is used (it pulls in h5py)
+    import nir
 
 NIR_FORMAT = "stft-neuro/spiking-branch"
 NIR_VERSION = 1

@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 from stft_neuro.contract import ChipState
-from stft_neuro.hw_targets.errors import ChipInputError
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 
 _LAVA: dict[str, Any] = {}
@@ -175,16 +174,7 @@ class LavaRunner:
         Returns float32 spikes ``(T, B, n_l)`` per layer and the final state (float64 tensors of
         integers; None if ``read_state`` is False).
         """
-        x = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-        theta = theta if theta is None or isinstance(theta, Tensor) else torch.as_tensor(np.asarray(theta))
-        self.plan.check_payload(x)
-        if x.dim() != 3:
-            raise ChipInputError(f"payload: run takes (T, B, {self.plan.n_in}), got {tuple(x.shape)}")
-        if theta is not None:
-            self.plan.check_theta(theta)
-            if tuple(theta.shape[:2]) != tuple(x.shape[:2]):
-                raise ChipInputError(f"theta: shape {tuple(theta.shape)} does not match the "
-                                     f"payload's (T, B) = {tuple(x.shape[:2])}")
+        x, theta = self.plan.check_run(x, theta)
         T, B = int(x.shape[0]), int(x.shape[1])
         xs = _as_int_array(x)
         th = None if theta is None else _as_int_array(theta)

@@ -286,16 +286,7 @@ class LavaSession:
             ) -> tuple[tuple[Tensor, ...], SessionState]:
         """``x`` ``(T, B, n_in)``, ``theta`` ``(T, B, L)`` or None; ``state`` None starts a new
         sequence. Returns spikes ``(T, B, n_l)`` per layer and the state token."""
-        x = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-        theta = theta if theta is None or isinstance(theta, Tensor) else torch.as_tensor(np.asarray(theta))
-        self.plan.check_payload(x)
-        if x.dim() != 3:
-            raise ChipInputError(f"payload: run takes (T, B, {self.plan.n_in}), got {tuple(x.shape)}")
-        if theta is not None:
-            self.plan.check_theta(theta)
-            if tuple(theta.shape[:2]) != tuple(x.shape[:2]):
-                raise ChipInputError(f"theta: shape {tuple(theta.shape)} does not match the "
-                                     f"payload's (T, B) = {tuple(x.shape[:2])}")
+        x, theta = self.plan.check_run(x, theta)
         T, B = int(x.shape[0]), int(x.shape[1])
         if state is None:
             state = self.reset(B)

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stft_neuro.hw_targets.errors import ChipInputError
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.arithmetic import payload_max
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
@@ -149,14 +148,7 @@ class ReferenceSimulator:
 
         Does not modify ``state`` (or any argument).
         """
-        self.plan.check_payload(x)
-        if x.dim() != 3:
-            raise ChipInputError(f"payload: run takes (T, B, {self.plan.n_in}), got {tuple(x.shape)}")
-        if theta is not None:
-            self.plan.check_theta(theta)
-            if tuple(theta.shape[:2]) != tuple(x.shape[:2]):
-                raise ChipInputError(f"theta: shape {tuple(theta.shape)} does not match the "
-                                     f"payload's (T, B) = {tuple(x.shape[:2])}")
+        x, theta = self.plan.check_run(x, theta)
         B = int(x.shape[1])
         if state is None:
             state = self.reset(B)

@@ -163,6 +163,22 @@ class DeploymentPlan:
                     f"vth + theta outside [0, {C.VTH_MAX}] (vth = {self.vth[l]}, so theta must lie in "
                     f"[{lo}, {hi}]; first: {_fmt(col[idx])} at index {idx + (l,)})")
 
+    def check_run(self, x: Tensor | np.ndarray, theta: Tensor | np.ndarray | None
+                  ) -> tuple[Tensor, Tensor | None]:
+        """What every backend's ``run`` checks: ``x`` ``(T, B, n_in)`` payloads and ``theta``
+        ``(T, B, L)`` or None, legal and of matching ``(T, B)``. Returns both as tensors."""
+        x = _as_tensor(x)
+        theta = None if theta is None else _as_tensor(theta)
+        self.check_payload(x)
+        if x.dim() != 3:
+            raise ChipInputError(f"payload: run takes (T, B, {self.n_in}), got {tuple(x.shape)}")
+        if theta is not None:
+            self.check_theta(theta)
+            if tuple(theta.shape[:2]) != tuple(x.shape[:2]):
+                raise ChipInputError(f"theta: shape {tuple(theta.shape)} does not match the "
+                                     f"payload's (T, B) = {tuple(x.shape[:2])}")
+        return x, theta
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-ready (also the header of a saved plan)."""
