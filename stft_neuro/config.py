@@ -31,6 +31,11 @@ class DataConfig:
     laid out like ``shared/data/avgzsl/UCF`` whose real class split and word2vec embeddings to use,
     ``"auto"`` to use ``../shared/data/avgzsl/<dataset>`` (or ``$STFT_NEURO_AVGZSL/<dataset>``) when
     present, or ``"none"`` to generate class names and embeddings too.
+    ``sizes`` (synthetic only): ``"small"`` draws ``train_per_class`` / ``eval_per_class`` samples
+    of every class (the demo and the tests); ``"real"`` draws exactly the per-class sample counts of
+    the real split's per-sample CSV files (``<root>/class-split/main_split/stage_*.csv``, class
+    imbalance included; UCF-GZSL: 3,174 / 353 / 1,467 / 4,994 / 555 / 1,267 samples), and needs
+    a split root that has them.
     """
 
     source: str = "synthetic"
@@ -39,6 +44,7 @@ class DataConfig:
     allow_pickle: bool = False
     seed: int = 0
     # Synthetic generator (ignored for real data).
+    sizes: str = "small"
     train_per_class: int = 24
     eval_per_class: int = 8
     min_seconds: int = 4
@@ -96,13 +102,22 @@ class TransformerConfig:
 class FusionConfig:
     """Temporal-semantic Tucker fusion. ``kind``: ``"tucker"`` or ``"concat"`` (ablation).
     ``ranks``: one Tucker fusion per rank (multi-scale), summed. ``width``: internal width;
-    ``embed_dim``: the joint embedding compared with projected class embeddings."""
+    ``embed_dim``: the joint embedding compared with projected class embeddings.
+    ``text_projection``: how word2vec (300-d) maps to that space: ``"mlp"`` (AVCA's, 300 -> width ->
+    embed_dim) or ``"linear"`` (one linear map: fewer ways to fit the seen classes' 30-42
+    embeddings and break unseen ones, issue #11).
+    ``output_norm``: LayerNorm the fusion's output before it joins the skip path ``W r``, so that
+    the two enter the joint embedding at the same scale. Without it a trained full STFT (real-size
+    UCF, seed 0) had RMS 0.027 on the fusion against 0.60 on the skip, and zeroing the spiking
+    vector at test time moved validation HM by 0.4 points (bench/bench_quality_diagnose.py)."""
 
     kind: str = "tucker"
     ranks: tuple[int, ...] = (16, 32)
     width: int = 256
     embed_dim: int = 64
     dropout: float = 0.1
+    text_projection: str = "mlp"
+    output_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,12 @@ class TrainConfig:
 
     ``lr`` is 3e-4, not AVCA's 1e-3: at 1e-3 (no warm-up) the attention layers do not train on the
     synthetic benchmark (loss stays at log C), at 3e-4 they do.
+    ``threads``: torch intra-op threads for training (``torch.set_num_threads``); 0 leaves torch's
+    default (one per core). Measured on 2 cores (AMD EPYC, full STFT, batch 64, real-size UCF):
+    alone on the machine 2 threads gave 443 samples/s against 300 with 1; beside other busy
+    processes (bench/bench_quality_throughput.py, 3 rounds) 2 threads gave 23 samples/s against 289
+    with 1, from oversubscription. So the default stays torch's (the demo, on an idle machine) and
+    background sweeps set 1 (bench/bench_quality.py does).
     """
 
     epochs: int = 20
@@ -122,6 +143,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     stages: str = "both"
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,6 +263,7 @@ def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express; raise ConfigError naming the key."""
     checks = [
         (cfg.data.source in ("synthetic", "avca", "tcaf"), "data.source must be synthetic, avca or tcaf"),
+        (cfg.data.sizes in ("small", "real"), "data.sizes must be small or real"),
         (cfg.data.min_seconds >= 1, "data.min_seconds must be >= 1"),
         (cfg.data.max_seconds >= cfg.data.min_seconds, "data.max_seconds must be >= data.min_seconds"),
         (cfg.data.train_per_class >= 1 and cfg.data.eval_per_class >= 1,
@@ -255,9 +278,11 @@ def validate(cfg: Config) -> None:
         (2 <= cfg.spiking.input_bits <= 8, "spiking.input_bits must lie in 2..8 (signed graded payload)"),
         (cfg.transformer.dim % cfg.transformer.heads == 0, "transformer.dim must be a multiple of transformer.heads"),
         (cfg.fusion.kind in ("tucker", "concat"), "fusion.kind must be tucker or concat"),
+        (cfg.fusion.text_projection in ("mlp", "linear"), "fusion.text_projection must be mlp or linear"),
         (len(cfg.fusion.ranks) >= 1 and min(cfg.fusion.ranks) >= 1, "fusion.ranks must list positive ranks"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.threads >= 0, "train.threads must be >= 0 (0: torch's default)"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (cfg.train.stages in ("both", "1", "2"), "train.stages must be both, 1 or 2"),
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),

@@ -129,6 +129,8 @@ class Trainer:
                  on_batch: Callable[[float], None] | None = None) -> None:
         self.cfg, self.bench, self.run_dir = cfg, bench, Path(run_dir)
         self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
         self.on_epoch, self.on_batch = on_epoch, on_batch
         self.w2v = torch.as_tensor(bench.class_embeddings, device=self.device)
 
@@ -170,6 +172,10 @@ class Trainer:
             opt, mode="max", patience=self.cfg.train.plateau_patience) if stage == 1 else None
         return model, opt, sched
 
+    @staticmethod
+    def _stage1_summary(progress: Progress) -> dict:
+        return {"best_epoch": progress.best_epoch, "HM": progress.best_hm, "bias": progress.best_bias}
+
     # -- the protocol -----------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -179,10 +185,15 @@ class Trainer:
         if resume and (self.run_dir / "meta.json").exists():
             progress = Progress(**read_json(self.run_dir / "meta.json", "metadata")["progress"])
             if progress.done:
-                return read_json(self.run_dir / "metrics.json", "metrics")
+                done = read_json(self.run_dir / "metrics.json", "metrics")
+                if 1 in stages:  # runs finished after a resume into stage 2 once lacked it
+                    done.setdefault("stage1_val", self._stage1_summary(progress))
+                return done
         results: dict = {}
         for stage in stages:
             if stage < progress.stage:
+                # stage 1 finished in an earlier process: its outcome lives in the progress record
+                results["stage1_val"] = self._stage1_summary(progress)
                 continue
             model, opt, sched = self._fresh(stage)
             if resume and progress.stage == stage and progress.epoch > 0:
@@ -212,8 +223,7 @@ class Trainer:
                 if self.on_epoch is not None:
                     self.on_epoch(row)
             if stage == 1:
-                results["stage1_val"] = {"best_epoch": progress.best_epoch, "HM": progress.best_hm,
-                                         "bias": progress.best_bias}
+                results["stage1_val"] = self._stage1_summary(progress)
                 if len(stages) == 1:
                     from safetensors.torch import load_file
                     model.load_state_dict(load_file(str(self.run_dir / "stage1_best.safetensors")))

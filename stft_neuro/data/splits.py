@@ -191,3 +191,52 @@ def class_embeddings(root: Path, dataset: str, class_names: tuple[str, ...]) -> 
     if (norms == 0).any():
         raise DataError(f"word2vec file {_w2v_file(Path(root), dataset)}: a class embedding is all zeros")
     return (emb / norms).astype(np.float32)
+
+
+# AVCA builds stage 2's training set from all stage-1 samples (UCF: 3,174 + 353 + 1,467 = 4,994, the
+# row count of its stage_2_train.csv; ActivityNet: 9,204 + 1,023 + 4,307 = 14,534 likewise).
+STAGE_2_TRAIN_PARTS: tuple[str, ...] = ("stage_1_train", "stage_1_val_seen", "stage_1_val_unseen")
+
+
+def _count_csv(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "label" not in reader.fieldnames:
+            raise DataError(f"split file {path}: no 'label' column")
+        for row in reader:
+            label = (row["label"] or "").strip()
+            if not label:
+                raise DataError(f"split file {path}: line {reader.line_num} has an empty label")
+            counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def read_split_counts(split: ClassSplit) -> dict[str, dict[str, int]]:
+    """Per split, the number of samples of each class in the real split's per-sample CSV files
+    (``<split.folder>/stage_*.csv``, one row per video, column ``label``): ``{split: {class: n}}``.
+
+    ``stage_2_train.csv``, where missing, is the sum of the three stage-1 files (AVCA's
+    construction, see ``STAGE_2_TRAIN_PARTS``). Every class of a split must have at least one row
+    and no row may name a class outside the split, else DataError (the counts would not describe
+    this split). Another missing CSV is a DataError naming it: VGGSound's ``main_split`` has no
+    ``stage_1_train.csv`` or ``stage_2_train.csv``, so its real training sizes are unknown here."""
+    out: dict[str, dict[str, int]] = {}
+    for name in SPLIT_NAMES:
+        path = split.folder / f"{name}.csv"
+        if path.is_file():
+            counts = _count_csv(path)
+        elif name == "stage_2_train" and all(p in out for p in STAGE_2_TRAIN_PARTS):
+            counts = {}
+            for part in STAGE_2_TRAIN_PARTS:
+                for cls, n in out[part].items():
+                    counts[cls] = counts.get(cls, 0) + n
+        else:
+            raise DataError(f"data.sizes=real needs the per-sample split file {path}, which is missing")
+        expected = set(split.classes[name])
+        extra, missing = sorted(set(counts) - expected), sorted(expected - set(counts))
+        if extra or missing:
+            raise DataError(f"split file {path}: its labels do not match the split's classes "
+                            f"(not in the split: {extra[:3]}; no samples: {missing[:3]})")
+        out[name] = counts
+    return out

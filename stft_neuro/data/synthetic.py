@@ -25,18 +25,37 @@ Model of one sample of class ``c`` (embedding ``e_c``, 300-d unit), length ``T``
 
 Mean pooling over seconds dilutes the event with background; a temporal model can find it.
 
-Calibration (``DataConfig.noise`` default 1.25, ``RHO`` 0.5): a closed-form ridge regression from
-mean-pooled features to word2vec, trained on ``stage_2_train`` of the default UCF benchmark (real
-split), reaches ZSL 34.7 / 20.8 / 20.8 % (seeds 0 / 1 / 2; chance 11.1 %) and, calibrated, S 69 / 66 /
-69 %, HM 46 / 32 / 32 %; on generated classes ZSL 44 / 42 / 38 %. Seen classes are easier than unseen
-ones, as on the real benchmark, and there is ample room above a linear model.
+Calibration (``DataConfig.noise`` default 1.25, ``RHO`` 0.5). Re-measured 2026-11-26 (issue #11) with
+the project's ridge baseline (``stft_neuro.baselines.ridge``: standardised mean-pooled features ->
+word2vec, lambda 100, AVCA protocol with b chosen on stage-1 validation), real UCF split, seeds 0 / 1 / 2,
+stage-2 test: small sizes S 56.5 / 49.7 / 53.9, ZSL 22.2 / 11.1 / 6.9, HM 31.9 / 18.2 / 12.3 %; real
+sizes S 76.7 / 73.7 / 73.3, ZSL 19.1 / 19.1 / 15.1, HM 30.5 / 30.3 / 25.0 % (chance: HM 2.0, ZSL
+11.1). (This docstring used to quote ZSL 34.7 / 20.8 / 20.8 for a ridge "on stage_2_train"; that
+fit is not reproduced by the code here, nor are issue #11's HM 42.1 / 23.7 / 23.8.) The generator's
+draws are unchanged by issue #11: ``sizes="small"`` output is byte-identical to before.
+
+What this generator can and cannot show (measured on real-size UCF, seed 0, stage-1 validation,
+by bench/bench_quality_ceiling.py): the features of a class seen in training are
+almost perfectly separable after mean pooling (a ridge fit that includes half of the val-unseen
+samples classifies the other half at 99.8 %), so a temporal model has little to gain on the
+feature side; an oracle that knows ``f_m`` recognises unseen classes at 73.9 % (chance 8.3 %), but
+from 30 seen classes a linear map reaches 12.2 %: 74 % of an unseen class's word2vec norm lies
+outside the span of the seen classes' vectors, and the tanh map ``f_m`` (``GAIN`` 2.5) leaves 98 %
+of ``f_m(e_unseen)`` unexplained by the same combination of seen classes' ``f_m``. Semantic transfer,
+not temporal evidence, bounds U and therefore HM here.
 
 Classes: with a split root (``DataConfig.root``), the real class split (class names per stage) and
 the real word2vec embeddings; otherwise ``generated_classes`` unit vectors in 300-d around
 ``max(2, C // 6)`` cluster centres (cosine to the centre about 0.7), with ``generated_unseen`` stage-2
-unseen and ``generated_val_unseen`` stage-1 val-unseen classes. Samples per class:
-``train_per_class`` in the train splits, ``eval_per_class`` in val/test splits. Stage-2 train
-samples are generated afresh (AVCA reuses the stage-1 samples; here that only changes sample counts).
+unseen and ``generated_val_unseen`` stage-1 val-unseen classes.
+
+Samples per class (``DataConfig.sizes``): ``"small"``: ``train_per_class`` in the train splits,
+``eval_per_class`` in val/test splits (default 24 / 8: the demo and the tests; UCF then has 72
+unseen test samples). ``"real"``: exactly the per-class counts of the real split's per-sample CSV
+files (``splits.read_split_counts``), class imbalance included; for UCF-GZSL 3,174 / 353 / 1,467 /
+4,994 / 555 / 1,267 samples in the six splits (the issue #11 finding: with 8 test samples per class
+the seed spread of HM is about +-10 points and no ablation can be ranked). Stage-2 train samples are
+generated afresh (AVCA reuses the stage-1 samples; here that only changes which noise they carry).
 
 Determinism: every random draw comes from ``numpy.random.Generator(PCG64)`` seeded by a
 ``SeedSequence`` keyed on ``(seed, purpose, ...)`` - the maps on ``(seed, MAPS)``, a class's offset on
@@ -53,7 +72,7 @@ import numpy as np
 
 from stft_neuro.config import DataConfig
 from stft_neuro.data.benchmark import SPLIT_NAMES, TRAIN_SPLITS, Benchmark, Split, stage_classes_from_names
-from stft_neuro.data.splits import ClassSplit, class_embeddings, read_class_split, resolve_root
+from stft_neuro.data.splits import ClassSplit, class_embeddings, read_class_split, read_split_counts, resolve_root
 from stft_neuro.errors import ConfigError
 
 EMBED_DIM = 300
@@ -161,9 +180,12 @@ def _class_samples(cfg: DataConfig, mods: tuple[_Modality, _Modality], backgroun
 
 
 def generate(cfg: DataConfig, split: ClassSplit | None = None, embeddings: np.ndarray | None = None,
-             source: str = "synthetic (generated classes)", root: Path | None = None) -> Benchmark:
+             source: str = "synthetic (generated classes)", root: Path | None = None,
+             counts: dict[str, dict[str, int]] | None = None) -> Benchmark:
     """The synthetic benchmark for ``cfg``; with ``split`` and ``embeddings`` (rows in the order of
-    ``split.all_classes``) the real classes, otherwise generated ones."""
+    ``split.all_classes``) the real classes, otherwise generated ones. ``counts``
+    (``{split: {class: n}}``, see ``splits.read_split_counts``) sets the samples of each class in
+    each split; without it every class gets ``train_per_class`` / ``eval_per_class``."""
     if split is None:
         names, emb, split_classes = generated_classes(cfg)
     else:
@@ -175,11 +197,12 @@ def generate(cfg: DataConfig, split: ClassSplit | None = None, embeddings: np.nd
     index = {n: i for i, n in enumerate(names)}
     splits = {}
     for s_idx, split_name in enumerate(SPLIT_NAMES):
-        per = cfg.train_per_class if split_name in TRAIN_SPLITS else cfg.eval_per_class
-        parts = [_class_samples(cfg, mods, backgrounds, emb[index[c]].astype(np.float64), c, s_idx, per)
-                 for c in sorted(split_classes[split_name], key=index.__getitem__)]
-        labels = np.concatenate([np.full(per, index[c], dtype=np.int64)
-                                 for c in sorted(split_classes[split_name], key=index.__getitem__)])
+        default = cfg.train_per_class if split_name in TRAIN_SPLITS else cfg.eval_per_class
+        classes = sorted(split_classes[split_name], key=index.__getitem__)
+        per = {c: (counts[split_name][c] if counts is not None else default) for c in classes}
+        parts = [_class_samples(cfg, mods, backgrounds, emb[index[c]].astype(np.float64), c, s_idx, per[c])
+                 for c in classes]
+        labels = np.concatenate([np.full(per[c], index[c], dtype=np.int64) for c in classes])
         splits[split_name] = Split(audio=np.concatenate([p[0] for p in parts]),
                                    visual=np.concatenate([p[1] for p in parts]),
                                    lengths=np.concatenate([p[2] for p in parts]), labels=labels)
@@ -187,15 +210,23 @@ def generate(cfg: DataConfig, split: ClassSplit | None = None, embeddings: np.nd
                      class_embeddings=np.ascontiguousarray(emb, dtype=np.float32),
                      stage_classes=stage_classes_from_names(tuple(names), split_classes), splits=splits,
                      source=source, root=str(root) if root else None,
-                     info={"noise": cfg.noise, "seed": cfg.seed})
+                     info={"noise": cfg.noise, "seed": cfg.seed,
+                           "sizes": "real" if counts is not None else "small"})
 
 
 def load_synthetic(cfg: DataConfig) -> Benchmark:
     """Resolve ``cfg.root`` (see ``splits.resolve_root``): with a folder, its real class split and
-    word2vec; otherwise generated classes."""
+    word2vec; otherwise generated classes. ``cfg.sizes == "real"`` takes the per-class sample counts
+    from the folder's per-sample CSV files (ConfigError without a folder)."""
     root = resolve_root(cfg)
     if root is None:
+        if cfg.sizes == "real":
+            raise ConfigError(f"config: data.sizes=real needs the real {cfg.dataset} class split "
+                              "(data.root = a folder with class-split/main_split/stage_*.csv, or auto)")
         return generate(cfg)
     split = read_class_split(root, cfg.dataset)
+    counts = read_split_counts(split) if cfg.sizes == "real" else None
     emb = class_embeddings(root, cfg.dataset, split.all_classes)
-    return generate(cfg, split, emb, source=f"synthetic (real {cfg.dataset} split + word2vec)", root=root)
+    label = ", real sizes" if counts is not None else ""
+    return generate(cfg, split, emb, source=f"synthetic (real {cfg.dataset} split + word2vec{label})",
+                    root=root, counts=counts)

@@ -47,10 +47,13 @@ class STFT(nn.Module):
         # gradients (its core is a product of three small factors) and training stalls; with the
         # skip, the fusion learns the interaction on top of a working semantic path.
         self.skip = nn.Linear(self.transformer.out_dim, width)
+        # fusion.output_norm: the fusion's output at unit scale beside the skip (see FusionConfig).
+        self.fusion_norm = nn.LayerNorm(width) if cfg.fusion.output_norm else nn.Identity()
         self.joint = nn.Linear(width, e)
         self.audio_proj = mlp(audio_dim, width, e, p)
         self.visual_proj = mlp(visual_dim, width, e, p)
-        self.text_proj = mlp(WORD_DIM, width, e, p)
+        self.text_proj = (mlp(WORD_DIM, width, e, p) if cfg.fusion.text_projection == "mlp"
+                          else nn.Linear(WORD_DIM, e))
         self.reconstruct = mlp(e, width, WORD_DIM, p)
 
     def embed_classes(self, w2v: Tensor) -> Tensor:
@@ -70,7 +73,7 @@ class STFT(nn.Module):
                 out["theta"] = record.theta
         else:
             s = r.new_zeros(r.shape[0], 0)
-        joint = self.joint(self.fusion(r, s) + self.skip(r))  # (B, E)
+        joint = self.joint(self.fusion_norm(self.fusion(r, s)) + self.skip(r))  # (B, E)
         _, audio_mean = masked_max_mean(audio, mask)
         _, visual_mean = masked_max_mean(visual, mask)
         out.update(joint=joint, audio_emb=self.audio_proj(audio_mean),

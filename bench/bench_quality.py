@@ -1,0 +1,255 @@
+"""Rankable model quality (issue #11): STFT, its ablations and two baselines, paired over seeds.
+
+    .venv/bin/python bench/bench_quality.py run    [--seeds 0 1 2 3 4] [--variants ...] [--set k=v ...]
+    .venv/bin/python bench/bench_quality.py report [--out FILE]
+
+``run`` trains every (variant, seed) by the AVCA protocol (stage 1 picks the epoch count and the
+calibration b on validation; stage 2 retrains and tests at that b) on the synthetic benchmark with
+``data.sizes=real`` by default (the real UCF-GZSL per-class sample counts). Seed ``k`` sets both
+``data.seed`` and ``train.seed``, so every variant is paired with the full model on the same data.
+
+Resumable: each finished (variant, seed) is written at once to the results JSON (``--out``,
+default ``bench/results/quality_<dataset>_<sizes>.json``), and a rerun with the same settings skips
+those; a run cut off mid-training resumes from its last epoch (run folders under ``--work``). Runs
+go in priority order: ridge, full STFT, AVCA-like and the full STFT with a linear text projection
+(the candidate fix of issue #11) on every seed first, then the ablations, so
+that a sweep stopped early still has the paired comparison that matters most. The settings that
+define the benchmark (overrides, seeds' meaning) are stored in the file; a rerun with different
+overrides refuses to mix them.
+
+``report`` prints the markdown table: S/U/HM/ZSL mean +- sd over seeds, each variant's paired HM
+difference to the full STFT with its 95% t-interval (``stft_neuro.baselines.compare``), chance,
+and the median wall time per run; with ``--write`` it also replaces the section of BENCHMARKS.md.
+Run it under ``nohup`` for the background; ``train.threads=1`` (the default here) keeps one core
+free on a 2-core machine. Two processes on different ``--seeds`` may share one results file (each
+write merges under a file lock).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stft_neuro import config as config_mod  # noqa: E402
+from stft_neuro.baselines import avca_like, ridge  # noqa: E402
+from stft_neuro.baselines.compare import mean_sd, paired_difference  # noqa: E402
+from stft_neuro.data import load_benchmark  # noqa: E402
+from stft_neuro.errors import UserError  # noqa: E402
+
+REFERENCE = "STFT (full)"
+RIDGE = "ridge (mean-pooled, lambda 100)"
+AVCA_LIKE = "AVCA-like (no spiking, concat)"
+LINEAR_TEXT = "STFT, linear text projection"
+# name -> config overrides (None: the closed-form ridge, no training). Priority order.
+VARIANTS: dict[str, list[str] | None] = {
+    RIDGE: None,
+    REFERENCE: [],
+    AVCA_LIKE: list(avca_like.OVERRIDES),
+    LINEAR_TEXT: ["fusion.text_projection=linear"],
+    "concat instead of Tucker": ["fusion.kind=concat"],
+    "no GLP": ["spiking.glp=false"],
+    "mean instead of TSF": ["spiking.tsf=false"],
+    "static thresholds": ["spiking.dynamic_threshold=false"],
+}
+TIER_1 = (RIDGE, REFERENCE, AVCA_LIKE, LINEAR_TEXT)
+METRICS = ("S", "U", "HM", "ZSL")
+DEFAULT_SET = ["data.sizes=real", "train.threads=1"]
+HERE = Path(__file__).resolve().parent
+
+
+def cpu_name() -> str:
+    """lscpu's model name and whether the CPU has avx512_vnni (for the report)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
+    vnni = "avx512_vnni" in out
+    return f"{name}, {os.cpu_count()} cores, avx512_vnni {'yes' if vnni else 'no'}"
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _record(path: Path, data: dict, name: str, seed: int, row: dict) -> dict:
+    """Add one result to the file under an exclusive lock, merging with what other processes
+    (e.g. a second sweep on other seeds) wrote since we read it; returns the merged data."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            on_disk = json.loads(path.read_text())
+            for variant, rows in on_disk["results"].items():
+                for key, r in rows.items():
+                    data["results"].setdefault(variant, {}).setdefault(key, r)
+        data["results"].setdefault(name, {})[str(seed)] = row
+        _write(path, data)
+    return data
+
+
+def same_config(stored: dict, now: dict) -> bool:
+    """True when ``now`` is the configuration ``stored`` describes: equal on every stored key, and
+    any key added to the code since then holds its default (new switches default to the old
+    behaviour, so results made before they existed stay valid)."""
+    defaults = config_mod.Config().to_dict()
+    for section, values in now.items():
+        old = stored.get(section, {})
+        for key, value in values.items():
+            if key in old:
+                if old[key] != value and not (isinstance(value, (list, tuple)) and list(old[key]) == list(value)):
+                    return False
+            elif value != defaults[section][key]:
+                return False
+    return True
+
+
+def order(variants: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """Tier-1 variants (ridge, full, AVCA-like) over all seeds, then the rest over all seeds."""
+    first = [(v, s) for s in seeds for v in variants if v in TIER_1]
+    return first + [(v, s) for s in seeds for v in variants if v not in TIER_1]
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = [*DEFAULT_SET, *args.overrides]
+    base = config_mod.load(overrides=overrides)
+    out = Path(args.out or HERE / "results" / f"quality_{base.data.dataset}_{base.data.sizes}.json")
+    work = Path(args.work or HERE / "results" / "runs" / out.stem)
+    fresh = {"overrides": overrides, "config": base.to_dict(), "results": {}}
+    data = json.loads(out.read_text()) if out.is_file() else fresh
+    if data["overrides"] != overrides or not same_config(data["config"], base.to_dict()):
+        raise UserError(f"{out} holds results made with another configuration (--set {data['overrides']}, "
+                        "or changed defaults): use another --out")
+    data.setdefault("cpu", cpu_name())
+    bench_cache: dict[int, object] = {}
+    for name, seed in order(args.variants, args.seeds):
+        if out.is_file():  # another process may have finished it meanwhile
+            data["results"] = {**json.loads(out.read_text())["results"]}
+        if str(seed) in data["results"].get(name, {}):
+            continue
+        if seed not in bench_cache:
+            bench_cache.clear()  # one benchmark in memory at a time (real-size UCF: ~0.5 GB)
+            t0 = time.perf_counter()
+            bench_cache[seed] = load_benchmark(config_mod.load(overrides=[*overrides, f"data.seed={seed}"]).data)
+            print(f"seed {seed}: benchmark generated in {time.perf_counter() - t0:.1f} s", flush=True)
+        bench = bench_cache[seed]
+        data.setdefault("chance", chance(bench))
+        cfg = config_mod.load(overrides=[*overrides, *(VARIANTS[name] or []),
+                                         f"data.seed={seed}", f"train.seed={seed}"])
+        t0 = time.perf_counter()
+        if VARIANTS[name] is None:
+            result = ridge.run_protocol(bench)
+            history: list[dict] = []
+        else:
+            from stft_neuro.train import Trainer
+            run_dir = work / name.replace(" ", "_").replace("/", "_") / f"seed{seed}"
+            result = Trainer(cfg, bench, run_dir).run(resume=(run_dir / "meta.json").is_file())
+            history = json.loads((run_dir / "meta.json").read_text())["progress"]["history"]
+        seconds = time.perf_counter() - t0
+        rates = sorted(r["samples_per_s"] for r in history)
+        # epoch_seconds: training epochs only (both stages), summed from the run's history, so it
+        # is right for a run resumed after a stop (``seconds`` counts only this process's part).
+        row = {**result["stage2_test"], "seed": seed, "seconds": seconds,
+               "epoch_seconds": sum(r["seconds"] for r in history) if history else seconds,
+               "best_epoch": result["stage1_val"]["best_epoch"], "val_HM": result["stage1_val"]["HM"],
+               "median_samples_per_s": rates[len(rates) // 2] if rates else None,
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        data = _record(out, data, name, seed, row)
+        print(f"{name:34s} seed {seed}: " + " ".join(f"{k} {row[k]:5.1f}" for k in METRICS) +
+              f"  ({seconds:.0f} s, best epoch {row['best_epoch']})", flush=True)
+    print(report_text(data, base))
+    return 0
+
+
+def chance(bench) -> dict[str, float]:
+    """Expected metrics of uniform guessing: 1/C with all classes as candidates, 1/|unseen| for ZSL."""
+    c = len(bench.seen(2)) + len(bench.unseen(2))
+    return {"S": 100.0 / c, "U": 100.0 / c, "HM": 100.0 / c, "ZSL": 100.0 / len(bench.unseen(2))}
+
+
+def report_text(data: dict, base) -> str:
+    results: dict[str, dict[str, dict]] = data["results"]
+    ref = {int(s): r["HM"] for s, r in results.get(REFERENCE, {}).items()}
+    ch = data.get("chance")
+    seeds = sorted({int(s) for rows in results.values() for s in rows})
+    lines = [f"Synthetic {base.data.dataset} benchmark, real class split and word2vec, "
+             f"data.sizes={base.data.sizes}; seeds {', '.join(map(str, seeds))} (seed k = data.seed "
+             f"= train.seed, so each variant is paired with the full model on the same data); "
+             f"{base.train.epochs} stage-1 epochs, stage 2 retrains for the best stage-1 epoch count; "
+             f"batch {base.train.batch_size}, lr {base.train.lr:g}. CPU: {data.get('cpu', '?')}.", "",
+             "| variant | seeds | S | U | HM | ZSL | HM - full STFT (95% CI) | training s / run (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in VARIANTS:
+        rows = results.get(name)
+        if not rows:
+            continue
+        cells = []
+        for k in METRICS:
+            m, sd = mean_sd([r[k] for r in rows.values()])
+            cells.append(f"{m:.1f} ± {sd:.1f}")
+        if name == REFERENCE:
+            diff = "—"
+        else:
+            mine = {int(s): r["HM"] for s, r in rows.items()}
+            try:
+                d = paired_difference(mine, ref)
+                diff = f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] (n={d.n})" + (" *" if d.separated else "")
+            except UserError:
+                common = sorted(set(mine) & set(ref))
+                diff = (f"{mine[common[0]] - ref[common[0]]:+.1f} (n=1, seed {common[0]}: no CI)"
+                        if common else "n/a (no paired seed)")
+        secs = sorted(r.get("epoch_seconds", r["seconds"]) for r in rows.values())
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {diff} | {secs[len(secs) // 2]:.0f} |")
+    if ch is not None:
+        lines.append("| chance (uniform guess) | — | " + " | ".join(f"{ch[k]:.1f}" for k in METRICS) + " | — | — |")
+    lines += ["", "\\* the 95% t-interval of the paired HM difference excludes 0."]
+    return "\n".join(lines)
+
+
+def report(args: argparse.Namespace) -> int:
+    out = Path(args.out or HERE / "results" / "quality_UCF_real.json")
+    if not out.is_file():
+        raise UserError(f"no results file {out}: run `bench/bench_quality.py run` first")
+    data = json.loads(out.read_text())
+    base = config_mod.load(overrides=data["overrides"])
+    text = report_text(data, base)
+    print(text)
+    if args.write:
+        from markdown import replace_section
+        cmd = "python bench/bench_quality.py run " + " ".join(f"--set {o}" for o in data["overrides"]
+                                                             if o not in DEFAULT_SET)
+        replace_section(f"Model quality, real-size synthetic {base.data.dataset} (issue #11)", text, cmd.strip())
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
+    r.add_argument("--set", dest="overrides", action="append", default=[])
+    r.add_argument("--out", default=None)
+    r.add_argument("--work", default=None, help="run folders (resume points); default bench/results/runs/<out>")
+    p = sub.add_parser("report")
+    p.add_argument("--out", default=None)
+    p.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    args = ap.parse_args()
+    try:
+        return run(args) if args.cmd == "run" else report(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

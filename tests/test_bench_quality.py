@@ -1,0 +1,54 @@
+"""bench/bench_quality.py: run order, resumability checks, and the report's paired statistics."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_quality as bq  # noqa: E402
+
+from stft_neuro import config as config_mod  # noqa: E402
+
+
+def test_tier_1_runs_first_on_every_seed() -> None:
+    got = bq.order(list(bq.VARIANTS), [0, 1])
+    tier1 = [(v, s) for v, s in got if v in bq.TIER_1]
+    assert got[:len(tier1)] == tier1 and len(got) == 2 * len(bq.VARIANTS)
+    assert got[0] == (bq.RIDGE, 0) and got[len(bq.TIER_1)] == (bq.RIDGE, 1)
+
+
+def test_same_config_tolerates_new_default_keys_only() -> None:
+    now = config_mod.load(overrides=bq.DEFAULT_SET).to_dict()
+    stored = json.loads(json.dumps(now))  # tuples become lists, as in the results file
+    del stored["fusion"]["output_norm"]  # a switch added after the results were made
+    assert bq.same_config(stored, now)
+    changed = config_mod.load(overrides=[*bq.DEFAULT_SET, "fusion.output_norm=true"]).to_dict()
+    assert not bq.same_config(stored, changed)
+    stored["train"]["epochs"] = 3
+    assert not bq.same_config(stored, now)
+
+
+def test_report_pairs_seeds_and_gives_the_t_interval() -> None:
+    row = lambda hm, s: {"S": 50.0, "U": 20.0, "HM": hm, "ZSL": 20.0, "seconds": s}  # noqa: E731
+    data = {"cpu": "test CPU", "chance": {"S": 2.0, "U": 2.0, "HM": 2.0, "ZSL": 11.1},
+            "results": {bq.REFERENCE: {"0": row(40.0, 100), "1": row(42.0, 120), "2": row(41.0, 110)},
+                        bq.RIDGE: {"0": row(30.0, 1), "1": row(31.0, 1), "2": row(32.0, 1), "3": row(99.0, 1)}}}
+    text = bq.report_text(data, config_mod.load(overrides=bq.DEFAULT_SET))
+    ridge_line = next(ln for ln in text.splitlines() if ln.startswith(f"| {bq.RIDGE}"))
+    # differences -10, -11, -9 on the 3 paired seeds (seed 3 has no partner): mean -10, sd 1
+    half = 4.303 / 3 ** 0.5
+    assert f"-10.0 [{-10 - half:+.1f}, {-10 + half:+.1f}] (n=3) *" in ridge_line
+    assert "| 110 |" in next(ln for ln in text.splitlines() if ln.startswith(f"| {bq.REFERENCE}"))
+    assert "| chance (uniform guess) | — | 2.0 | 2.0 | 2.0 | 11.1 |" in text
+
+
+def test_results_of_another_configuration_are_refused(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "q.json"
+    out.write_text(json.dumps({"overrides": ["data.sizes=small"], "config": {}, "results": {}}))
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "run", "--out", str(out), "--seeds", "0"])
+    assert bq.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another configuration" in err[0]

@@ -1,0 +1,50 @@
+"""Model-level switches added for issue #11: linear text projection and fusion output norm."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from stft_neuro import config as config_mod
+from stft_neuro.errors import ConfigError
+from stft_neuro.model.stft import STFT
+
+SMALL = ["transformer.dim=16", "transformer.heads=2", "fusion.width=24", "fusion.embed_dim=8",
+         "fusion.ranks=4", "spiking.hidden=12,10", "spiking.input_dim=14", "spiking.num_steps=3"]
+
+
+def _batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(5, 4, 6, generator=g), torch.randn(5, 4, 7, generator=g), torch.tensor([4, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("text", ["mlp", "linear"])
+@pytest.mark.parametrize("norm", [False, True])
+def test_switches_build_and_run(text: str, norm: bool) -> None:
+    cfg = config_mod.load(overrides=[*SMALL, f"fusion.text_projection={text}", f"fusion.output_norm={norm}"])
+    torch.manual_seed(0)
+    model = STFT(cfg, 6, 7).eval()
+    assert isinstance(model.text_proj, nn.Linear) == (text == "linear")
+    assert isinstance(model.fusion_norm, nn.LayerNorm) == norm
+    out = model(*_batch())
+    assert out["joint"].shape == (5, 8) and torch.isfinite(out["joint"]).all()
+    assert model.embed_classes(torch.randn(3, 300)).shape == (3, 8)
+
+
+def test_output_norm_puts_the_fusion_at_unit_scale() -> None:
+    cfg = config_mod.load(overrides=[*SMALL, "fusion.output_norm=true"])
+    torch.manual_seed(0)
+    model = STFT(cfg, 6, 7).eval()
+    seen = {}
+    model.fusion_norm.register_forward_hook(lambda m, i, o: seen.__setitem__("y", o))
+    model(*_batch())
+    y = seen["y"]  # (B, width): LayerNorm at init (weight 1, bias 0) -> zero mean, unit variance per row
+    torch.testing.assert_close(y.mean(-1), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(5), atol=1e-2, rtol=0)  # LayerNorm eps
+
+
+def test_bad_switch_values() -> None:
+    with pytest.raises(ConfigError, match="text_projection must be mlp or linear"):
+        config_mod.load(overrides=["fusion.text_projection=conv"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        config_mod.load(overrides=["fusion.output_norm=maybe"])
