@@ -140,8 +140,11 @@ def test_interrupted_lava_simulate_leaves_nothing_behind(tmp_path, tiny_bundle, 
     _, bundle = tiny_bundle
     out = tmp_path / "sim"
     shm0 = _shm()
+    # batch 1 over 10 samples per class (510 Lava sequences): long enough to be interrupted midway
+    # on an idle machine too
     proc = subprocess.Popen([sys.executable, "-m", "stft_neuro.cli", "simulate", "--bundle", str(bundle),
-                             "--backend", "lava", "--batch", "1", "--out", str(out)],
+                             "--backend", "lava", "--batch", "1", "--set", "data.eval_per_class=10",
+                             "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kids: set[int] = set()
     deadline = time.monotonic() + 120
@@ -152,8 +155,9 @@ def test_interrupted_lava_simulate_leaves_nothing_behind(tmp_path, tiny_bundle, 
                 break
         time.sleep(0.2)
     assert proc.poll() is None and len(kids) >= 3, "the run did not reach its Lava loop"
-    time.sleep(2.0)
+    time.sleep(0.5)
     kids |= _descendants(proc.pid)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
