@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,16 +43,11 @@ SIZES = (512, 256, 256, 128)
 
 
 def cpu_name() -> str:
-    name = platform.processor() or "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    have = [f for f in ("avx2", "avx512_vnni") if f in flags]
-    return f"{name}, {os.cpu_count()} CPUs, flags: {' '.join(have) or 'neither avx2 nor avx512_vnni'}"
+    """The CPU as ``sim.dense_kernels.cpu_description`` reads it: model, CPUs, the flags that matter."""
+    from stft_neuro.sim.dense_kernels import cpu_description
+    d = cpu_description()
+    have = [f for f in ("avx2", "avx512_vnni") if f in d["flags"]]
+    return f"{d['model']}, {d['logical_cpus']} CPUs, flags: {' '.join(have) or 'neither avx2 nor avx512_vnni'}"
 
 
 def make_plan(T: int, seed: int = 0):

@@ -14,7 +14,6 @@ backend. Prints a markdown table; the CPU is named from /proc/cpuinfo.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -25,13 +24,9 @@ import torch
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU model (``sim.dense_kernels.cpu_description``)."""
+    from stft_neuro.sim.dense_kernels import cpu_description
+    return cpu_description()["model"]
 
 
 def write_graph(path: Path, seed: int = 0) -> None:
