@@ -73,6 +73,7 @@ import numpy as np
 import torch
 
 from stft_neuro.errors import UserError
+from stft_neuro.export.bundle import json_default
 
 SPLITS = ("stage_2_test_seen", "stage_2_test_unseen")
 SPLIT_CHOICES = (*SPLITS, "all")
@@ -352,7 +353,7 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
             "onnx_vs_torch_rounding": rec["onnx_vs_torch_rounding"],
             "record_format": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
         }
-        (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        (tmp / RESULTS).write_text(json.dumps(results, indent=2, default=json_default) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -516,16 +517,6 @@ def _same_plan(a, b) -> bool:
         return False
     return all(np.array_equal(x.weight, y.weight) and np.array_equal(x.bias_mant, y.bias_mant)
                for x, y in zip(a.network.layers, b.network.layers))
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def format_results(r: dict[str, Any]) -> str:

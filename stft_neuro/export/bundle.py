@@ -204,7 +204,7 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             "quantization": quant_summary,
             "design_rules": resources["design_rules"], "resources": resources.get("totals"),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -214,7 +214,8 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
     return manifest
 
 
-def _json_default(obj):
+def json_default(obj):
+    """``json.dumps`` fallback for numpy scalars and arrays and paths (manifests, results)."""
     import numpy as np
     if isinstance(obj, np.generic):
         return obj.item()
