@@ -12,7 +12,7 @@ Resumable: each finished (variant, seed) is written at once to the results JSON 
 default ``bench/results/quality_<dataset>_<sizes>.json``), and a rerun with the same settings skips
 those; a run cut off mid-training resumes from its last epoch (run folders under ``--work``). Runs
 go in priority order: ridge, full STFT, AVCA-like and the full STFT with a linear text projection
-(the candidate fix of issue #11) on every seed first, then the ablations, so
+and with a LayerNorm on the fusion output (the candidate fixes of issue #11) on every seed first, then the ablations, so
 that a sweep stopped early still has the paired comparison that matters most. The settings that
 define the benchmark (overrides, seeds' meaning) are stored in the file; a rerun with different
 overrides refuses to mix them.
@@ -34,6 +34,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,18 +49,20 @@ REFERENCE = "STFT (full)"
 RIDGE = "ridge (mean-pooled, lambda 100)"
 AVCA_LIKE = "AVCA-like (no spiking, concat)"
 LINEAR_TEXT = "STFT, linear text projection"
+OUTPUT_NORM = "STFT, LayerNorm on the fusion output"
 # name -> config overrides (None: the closed-form ridge, no training). Priority order.
 VARIANTS: dict[str, list[str] | None] = {
     RIDGE: None,
     REFERENCE: [],
     AVCA_LIKE: list(avca_like.OVERRIDES),
     LINEAR_TEXT: ["fusion.text_projection=linear"],
+    OUTPUT_NORM: ["fusion.output_norm=true"],
     "concat instead of Tucker": ["fusion.kind=concat"],
     "no GLP": ["spiking.glp=false"],
     "mean instead of TSF": ["spiking.tsf=false"],
     "static thresholds": ["spiking.dynamic_threshold=false"],
 }
-TIER_1 = (RIDGE, REFERENCE, AVCA_LIKE, LINEAR_TEXT)
+TIER_1 = (RIDGE, REFERENCE, AVCA_LIKE, LINEAR_TEXT, OUTPUT_NORM)
 METRICS = ("S", "U", "HM", "ZSL")
 DEFAULT_SET = ["data.sizes=real", "train.threads=1"]
 HERE = Path(__file__).resolve().parent
@@ -74,6 +77,14 @@ def cpu_name() -> str:
     name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
     vnni = "avx512_vnni" in out
     return f"{name}, {os.cpu_count()} cores, avx512_vnni {'yes' if vnni else 'no'}"
+
+
+def _device_name(cfg) -> str:
+    """Where a run trained: ``cpu`` or the CUDA device's name (GPU figures are reported as such)."""
+    import torch
+    from stft_neuro.train import resolve_device
+    device = resolve_device(cfg.train.device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _write(path: Path, data: dict) -> None:
@@ -162,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
                "epoch_seconds": sum(r["seconds"] for r in history) if history else seconds,
                "best_epoch": result["stage1_val"]["best_epoch"], "val_HM": result["stage1_val"]["HM"],
                "median_samples_per_s": rates[len(rates) // 2] if rates else None,
+               "device": _device_name(cfg),
                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         data = _record(out, data, name, seed, row)
         print(f"{name:34s} seed {seed}: " + " ".join(f"{k} {row[k]:5.1f}" for k in METRICS) +
@@ -186,8 +198,8 @@ def report_text(data: dict, base) -> str:
              f"= train.seed, so each variant is paired with the full model on the same data); "
              f"{base.train.epochs} stage-1 epochs, stage 2 retrains for the best stage-1 epoch count; "
              f"batch {base.train.batch_size}, lr {base.train.lr:g}. CPU: {data.get('cpu', '?')}.", "",
-             "| variant | seeds | S | U | HM | ZSL | HM - full STFT (95% CI) | training s / run (median) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | seeds | S | U | HM | ZSL | HM - full STFT (95% CI) | training s / run (median) | trained on |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in VARIANTS:
         rows = results.get(name)
         if not rows:
@@ -208,9 +220,11 @@ def report_text(data: dict, base) -> str:
                 diff = (f"{mine[common[0]] - ref[common[0]]:+.1f} (n=1, seed {common[0]}: no CI)"
                         if common else "n/a (no paired seed)")
         secs = sorted(r.get("epoch_seconds", r["seconds"]) for r in rows.values())
-        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {diff} | {secs[len(secs) // 2]:.0f} |")
+        where = ", ".join(f"{dev} ({n})" for dev, n in sorted(
+            Counter(r.get("device", "cpu") for r in rows.values()).items()))
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {diff} | {secs[len(secs) // 2]:.0f} | {where} |")
     if ch is not None:
-        lines.append("| chance (uniform guess) | — | " + " | ".join(f"{ch[k]:.1f}" for k in METRICS) + " | — | — |")
+        lines.append("| chance (uniform guess) | — | " + " | ".join(f"{ch[k]:.1f}" for k in METRICS) + " | — | — | — |")
     lines += ["", "\\* the 95% t-interval of the paired HM difference excludes 0."]
     return "\n".join(lines)
 
