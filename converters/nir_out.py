@@ -31,6 +31,11 @@ Lava's LIF is current-based, so every layer is written as ``Affine -> Delay -> C
 
 Float graphs of the float model (:func:`float_layers_to_nir`) use the same structure in float
 units and carry no fixed-point metadata.
+
+This is the ``"exact"`` profile. ``plan_to_nir(plan, profile="snntorch")`` writes the graph that
+snnTorch's ``import_from_nir`` and nirtorch's ``nir_to_torch`` load (no Delay nodes, one Output,
+snnTorch's CubaLIF conventions; ``converters/nir_profiles.py``); :func:`plan_from_nir` reloads the
+exact plan from either.
 """
 from __future__ import annotations
 
@@ -101,22 +106,35 @@ def _graph(n_in: int, layers: list[dict], metadata: dict) -> "nir.NIRGraph":
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=True)
 
 
-def plan_to_nir(plan: DeploymentPlan) -> "nir.NIRGraph":
-    """The plan's spiking branch in Lava's fixed-point units, with exact integer metadata."""
+def _lif_metadata(layer: FixedPointLayer) -> dict:
+    """A layer's exact integer parameters, stored on its ``lif_l`` node (read by :func:`plan_from_nir`)."""
+    return {"stft_neuro.du": int(layer.du), "stft_neuro.dv": int(layer.dv),
+            "stft_neuro.vth": int(layer.vth), "stft_neuro.weight_exp": int(layer.weight_exp),
+            "stft_neuro.bias_exp": int(layer.bias_exp),
+            "stft_neuro.bias_mant": np.asarray(layer.bias_mant, dtype=np.int64),
+            "stft_neuro.num_message_bits": int(layer.num_message_bits),
+            "stft_neuro.name": layer.name}
+
+
+def plan_to_nir(plan: DeploymentPlan, profile: str = "exact") -> "nir.NIRGraph":
+    """The plan's spiking branch in Lava's fixed-point units, with exact integer metadata.
+
+    ``profile="exact"`` (default): the faithful graph of this module's doc. ``"snntorch"``: the
+    graph snnTorch's ``import_from_nir`` and nirtorch's ``nir_to_torch`` load, without Delay nodes
+    (``converters/nir_profiles.py``; raises ``NIRProfileError`` for a plan it cannot represent)."""
+    if profile != "exact":
+        from stft_neuro.converters.nir_profiles import plan_to_consumer_nir
+        return plan_to_consumer_nir(plan, profile)
     layers = []
     for l, layer in enumerate(plan.network.layers, start=1):
         du, dv = decay_to_float(layer.du, layer.dv)
         w = lava_effective_weights(layer.weight).astype(np.float64) * 2.0 ** (layer.weight_exp + C.ACT_SHIFT)
         b = effective_bias(layer.bias_mant, layer.bias_exp).astype(np.float64)
-        meta = {"stft_neuro.du": int(layer.du), "stft_neuro.dv": int(layer.dv),
-                "stft_neuro.vth": int(layer.vth), "stft_neuro.weight_exp": int(layer.weight_exp),
-                "stft_neuro.bias_exp": int(layer.bias_exp),
-                "stft_neuro.bias_mant": np.asarray(layer.bias_mant, dtype=np.int64),
-                "stft_neuro.num_message_bits": int(layer.num_message_bits),
-                "stft_neuro.name": layer.name}
-        layers.append(_layer_nodes(l, w, b, du, dv, float(layer.vth << C.VTH_SHIFT), plan.dt, meta))
+        layers.append(_layer_nodes(l, w, b, du, dv, float(layer.vth << C.VTH_SHIFT), plan.dt,
+                                   _lif_metadata(layer)))
     metadata = {"dt": float(plan.dt), "stft_neuro.format": NIR_FORMAT,
-                "stft_neuro.version": NIR_VERSION, "stft_neuro.units": "Lava fixed_pt (LSBs)",
+                "stft_neuro.version": NIR_VERSION, "stft_neuro.profile": "exact",
+                "stft_neuro.units": "Lava fixed_pt (LSBs)",
                 "stft_neuro.plan": json.dumps(plan.to_dict()), "stft_neuro.theta_input": THETA_DOC}
     return _graph(plan.n_in, layers, metadata)
 
@@ -152,7 +170,8 @@ def _text(v) -> str:
 
 
 def plan_from_nir(graph: "nir.NIRGraph", where: str = "NIR graph") -> DeploymentPlan:
-    """Rebuild the exact :class:`DeploymentPlan` from a graph written by :func:`plan_to_nir`.
+    """Rebuild the exact :class:`DeploymentPlan` from a graph written by :func:`plan_to_nir`
+    (either profile: the integer metadata and the plan are the same in both).
 
     Raises :class:`NIRExportError` (one line) for a graph without stft-neuro fixed-point metadata,
     of another format version, or whose float parameters disagree with its integer metadata."""
@@ -165,11 +184,17 @@ def plan_from_nir(graph: "nir.NIRGraph", where: str = "NIR graph") -> Deployment
     if version != NIR_VERSION:
         raise NIRExportError(f"{where}: stft-neuro NIR version {version}; this stft-neuro reads "
                              f"version {NIR_VERSION}")
+    profile = _text(meta.get("stft_neuro.profile", "exact"))
+    if profile not in ("exact", "snntorch"):
+        raise NIRExportError(f"{where}: unknown stft-neuro NIR profile {profile!r}")
     head = json.loads(_text(meta["stft_neuro.plan"]))
+    # The time constants are in the graph's dt: the plan's (exact) or snnTorch's 1e-4 s (snntorch).
+    dt = float(np.asarray(meta.get("dt", head["dt"])))
+    synapse = "affine" if profile == "exact" else "linear"
     layers = []
     for l, spec in enumerate(head["layers"], start=1):
         try:
-            affine, lif = graph.nodes[f"affine_{l}"], graph.nodes[f"lif_{l}"]
+            affine, lif = graph.nodes[f"{synapse}_{l}"], graph.nodes[f"lif_{l}"]
         except KeyError as exc:
             raise NIRExportError(f"{where}: node {exc.args[0]!r} is missing") from None
         m = dict(lif.metadata or {})
@@ -182,12 +207,12 @@ def plan_from_nir(graph: "nir.NIRGraph", where: str = "NIR graph") -> Deployment
             raise NIRExportError(f"{where}: node lif_{l} lacks metadata {exc.args[0]!r}") from None
         w = np.asarray(affine.weight, dtype=np.float64) / 2.0 ** (exp + C.ACT_SHIFT)
         if not np.array_equal(w, np.round(w)):
-            raise NIRExportError(f"{where}: affine_{l} weights are not integers << (weight_exp + 6): "
+            raise NIRExportError(f"{where}: {synapse}_{l} weights are not integers << (weight_exp + 6): "
                                  "the file's float parameters disagree with its fixed-point metadata")
         f_du, f_dv = decay_to_float(du, dv)
         checks = {"v_threshold": (lif.v_threshold, float(vth << C.VTH_SHIFT)),
-                  "tau_syn": (lif.tau_syn, float(head["dt"]) / f_du),
-                  "tau_mem": (lif.tau_mem, float(head["dt"]) / f_dv),
+                  "tau_syn": (lif.tau_syn, dt / f_du),
+                  "tau_mem": (lif.tau_mem, dt / f_dv),
                   "v_leak": (lif.v_leak, effective_bias(bias_mant, bias_exp) / f_dv)}
         for name, (got, want) in checks.items():
             if not np.allclose(np.asarray(got, np.float64), want, rtol=1e-9, atol=0):

@@ -11,6 +11,10 @@ file                       targets      what
                                         fixed-point network and the host <-> chip conversions
 ``spiking.nir``            nir, all     the spiking branch as NIR (``converters/nir_out.py``),
                                         integer parameters in metadata
+``spiking_snntorch.nir``   nir, all     only with ``nir_profile="snntorch"`` (``--nir-profile
+                                        snntorch``): the same plan as NIR that snnTorch's
+                                        ``import_from_nir`` and nirtorch's ``nir_to_torch`` load
+                                        (no Delay nodes; ``converters/nir_profiles.py``)
 ``spiking_netx.h5``        lava, all    lava-dl netx HDF5 (``converters/netx_out.py``), loadable by
                                         ``lava.lib.dl.netx.hdf5.Network`` (static thresholds)
 ``host_*.onnx``            onnx, all    the host side (``export/onnx_host.py``): encoder, threshold
@@ -47,6 +51,7 @@ MANIFEST = "manifest.json"
 PLAN_FILE = "plan.safetensors"
 NIR_FILE = "spiking.nir"
 NETX_FILE = "spiking_netx.h5"
+SNNTORCH_NIR_FILE = "spiking_snntorch.nir"
 
 
 class BundleError(UserError):
@@ -139,16 +144,31 @@ def load_bundle(path: str | Path) -> Bundle:
 
 
 def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | Path, target: str,
-                  *, force: bool = False, source: str = "",
+                  *, force: bool = False, source: str = "", nir_profile: str = "exact",
                   progress: Callable[[str], None] | None = None) -> dict:
     """Write the bundle for ``target`` into ``out`` atomically; returns the manifest.
 
     ``model``: the loaded STFT (its spiking branch calibrated); ``plan``: its frozen plan
-    (``model.spiking.deployment_plan()``). Refuses a plan that breaks a design rule."""
+    (``model.spiking.deployment_plan()``). Refuses a plan that breaks a design rule.
+    ``nir_profile="snntorch"`` (targets nir and all) also writes ``spiking_snntorch.nir`` beside
+    the exact ``spiking.nir``, and refuses (one line) a plan that profile cannot represent."""
     from stft_neuro.hw_targets.loihi2.report import resource_report
 
     if target not in TARGETS:
         raise UserError(f"export: unknown target {target!r} (one of {', '.join(TARGETS)})")
+    from stft_neuro.converters.nir_profiles import PROFILES, NIRProfileError, profile_description
+    if nir_profile not in PROFILES:
+        raise UserError(f"export: unknown NIR profile {nir_profile!r} (one of {', '.join(PROFILES)})")
+    if nir_profile != "exact" and target not in ("nir", "all"):
+        raise UserError(f"export: --nir-profile {nir_profile} writes a NIR file: use it with "
+                        "--target nir or --target all")
+    profile_graph = None
+    if nir_profile != "exact":  # refuse before anything is written
+        from stft_neuro.converters.nir_out import plan_to_nir
+        try:
+            profile_graph = plan_to_nir(plan, profile=nir_profile)
+        except NIRProfileError as exc:
+            raise UserError(f"export --nir-profile {nir_profile}: {exc}") from None
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"export: {out} already exists (choose a new folder, or --force to replace it)")
@@ -164,12 +184,20 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
         t0 = time.perf_counter()
         plan.save(tmp / PLAN_FILE)
         timings[PLAN_FILE] = time.perf_counter() - t0
+        nir_files: dict[str, dict] = {}
         if target in ("nir", "all"):
             from stft_neuro.converters.nir_out import plan_to_nir, write_nir
             t0 = time.perf_counter()
             write_nir(plan_to_nir(plan), tmp / NIR_FILE)
             timings[NIR_FILE] = time.perf_counter() - t0
+            nir_files[NIR_FILE] = profile_description(plan, "exact")
             say(f"wrote {NIR_FILE}")
+            if profile_graph is not None:  # the snntorch profile, beside the exact file
+                t0 = time.perf_counter()
+                write_nir(profile_graph, tmp / SNNTORCH_NIR_FILE)
+                timings[SNNTORCH_NIR_FILE] = time.perf_counter() - t0
+                nir_files[SNNTORCH_NIR_FILE] = profile_description(plan, nir_profile)
+                say(f"wrote {SNNTORCH_NIR_FILE}")
         netx = None
         if target in ("lava", "all"):
             from stft_neuro.converters.netx_out import NetxUnrepresentableError, write_netx
@@ -200,7 +228,7 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             "bridge": bridge_description(plan, spiking_cfg.dynamic_threshold),
             "host": {"dynamic_threshold": spiking_cfg.dynamic_threshold, "tsf": spiking_cfg.tsf,
                      "glp": spiking_cfg.glp, "onnx": onnx},
-            "netx": netx,
+            "netx": netx, "nir": nir_files,
             "quantization": quant_summary,
             "design_rules": resources["design_rules"], "resources": resources.get("totals"),
         }
