@@ -105,7 +105,8 @@ def snntorch_problems(plan: DeploymentPlan) -> list[str]:
         if nonzero:
             problems.append(f"layer {layer.name} has a nonzero bias on {nonzero} of {bias.size} "
                             "neurons (snnTorch's CubaLIF needs v_leak = 0, and without the Dense "
-                            "delay a bias would act before the layer's first input)")
+                            "delay a bias would act before the layer's first input; train with "
+                            "--set spiking.bias=false for a bias-free plan)")
         du, dv = decay_to_float(layer.du, layer.dv)
         if not (0 < du <= 1 and 0 < dv <= 1):
             problems.append(f"layer {layer.name} has decays du = {du}, dv = {dv} outside (0, 1] "

@@ -68,7 +68,11 @@ class SpikingConfig:
     payload of the input currents after quantization. ``netx_compatible``: quantize (deploy mode,
     QAT, export) so that lava-dl's netx HDF5 can carry the network exactly (weight exponent 0/-1,
     bias exponent 6; ``hw_targets/loihi2/quantize.py`` says what it costs); needed for
-    ``stft-neuro export --target lava|all``.
+    ``stft-neuro export --target lava|all``. ``bias``: train a bias per LIF neuron (added to v every
+    step); ``false`` keeps every bias at zero (not a trained parameter), which is what NIR consumers
+    without a leak potential need: snnTorch's ``import_from_nir`` requires ``v_leak = 0``, so only a
+    bias-free plan exports with ``stft-neuro export --nir-profile snntorch``
+    (``converters/nir_profiles.py``).
     """
 
     enabled: bool = True
@@ -84,6 +88,7 @@ class SpikingConfig:
     dynamic_threshold: bool = True
     input_bits: int = 8
     netx_compatible: bool = False
+    bias: bool = True
 
 
 @dataclass(frozen=True)

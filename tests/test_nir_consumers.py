@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 
 import nir
 import nirtorch
@@ -28,7 +27,7 @@ import torch
 from snntorch import utils as snn_utils
 from snntorch.import_nir import _nir_to_snntorch_module, import_from_nir
 
-from stft_neuro.checkpoint import load_run, save_weights
+from stft_neuro.checkpoint import load_run
 from stft_neuro.cli import main
 from stft_neuro.converters.nir_in import read_nir
 from stft_neuro.converters.nir_out import plan_from_nir, plan_to_nir, write_nir
@@ -237,17 +236,23 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def zero_bias_run(trained, tmp_path_factory):
-    """The trained run with its chip biases set to 0 (as if trained with frozen zero biases):
-    every other trained parameter (weights, GLP, threshold cues, host) unchanged."""
+def zero_bias_run(tmp_path_factory):
+    """The same tiny run trained with ``spiking.bias=false``: the chip's biases stay exactly zero
+    through training, so its plan exports with the snntorch profile."""
     run = tmp_path_factory.mktemp("runs") / "tiny-nobias"
-    shutil.copytree(trained, run)
-    model, _, _ = load_run(run)
-    with torch.no_grad():
-        for b in model.spiking.chip.biases:
-            b.zero_()
-    save_weights(model, run / "model.safetensors")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--json", "--out", str(run),
+                     *_sets(*TINY, "spiking.num_steps=12", "spiking.bias=false")]) == 0
     return run
+
+
+def test_bias_free_training_keeps_the_biases_at_zero(trained, zero_bias_run, snn_bundle):
+    biased, _, _ = load_run(trained)
+    model, cfg, _ = load_run(zero_bias_run)
+    assert cfg.spiking.bias is False
+    assert all(not b.requires_grad and not b.any() for b in model.spiking.chip.biases)
+    assert any(b.abs().max() > 0 for b in biased.spiking.chip.biases)  # trained ones move
+    assert all(not layer.bias_mant.any() for layer in load_bundle(snn_bundle).plan.network.layers)
 
 
 @pytest.fixture(scope="module")

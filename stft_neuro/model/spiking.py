@@ -67,13 +67,14 @@ def spike(x: Tensor, slope: float) -> Tensor:
 class ChipNetwork(nn.Module):
     """Stack of ``Dense -> LIF`` layers: sizes ``(n_in, n_1, ..., n_L)``.
 
-    Parameters (float mode): ``weights[l]`` (n_{l+1}, n_l), ``biases[l]`` (n_{l+1},), and shared
+    Parameters (float mode): ``weights[l]`` (n_{l+1}, n_l), ``biases[l]`` (n_{l+1},; frozen at zero
+    with ``bias=False``), and shared
     ``du``, ``dv``, ``threshold`` (fixed, not trained: they are hardware registers chosen up front).
     """
 
     def __init__(self, sizes: tuple[int, ...], du: float, dv: float, threshold: float,
                  surrogate_slope: float, input_bits: int = 8, num_steps: int = 10,
-                 dt: float = DEFAULT_DT_S, netx_compatible: bool = False) -> None:
+                 dt: float = DEFAULT_DT_S, netx_compatible: bool = False, bias: bool = True) -> None:
         super().__init__()
         self.mode = "float"
         self.input_bits = int(input_bits)
@@ -95,7 +96,8 @@ class ChipNetwork(nn.Module):
             w = torch.empty(n_out, n_in)
             nn.init.normal_(w, mean=0.0, std=2.0 * threshold / n_in ** 0.5)
             self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(torch.zeros(n_out)))
+            # bias=False: kept at zero and out of training (a plan NIR consumers without v_leak load)
+            self.biases.append(nn.Parameter(torch.zeros(n_out), requires_grad=bool(bias)))
 
     @property
     def sizes(self) -> tuple[int, ...]:
