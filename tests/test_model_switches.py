@@ -48,3 +48,29 @@ def test_bad_switch_values() -> None:
         config_mod.load(overrides=["fusion.text_projection=conv"])
     with pytest.raises(ConfigError, match="expected true or false"):
         config_mod.load(overrides=["fusion.output_norm=maybe"])
+
+
+def test_the_default_is_the_linear_projection_and_older_runs_load_as_mlp(tmp_path) -> None:
+    """Issue #11 made ``linear`` the default; a run folder written before the switch existed (no
+    ``fusion.text_projection`` in its config.json) had the MLP and must load as one, weights intact."""
+    import contextlib
+    import io
+    import json
+
+    from stft_neuro.checkpoint import load_run
+    from stft_neuro.cli import main
+    from test_cli import TINY, _sets
+
+    assert config_mod.Config().fusion.text_projection == "linear"
+    run = tmp_path / "mlp-run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--json", "--out", str(run),
+                     *_sets(*TINY, "train.epochs=1", "fusion.text_projection=mlp")]) == 0
+    before, _, _ = load_run(run)
+    raw = json.loads((run / "config.json").read_text())
+    del raw["fusion"]["text_projection"]
+    (run / "config.json").write_text(json.dumps(raw))
+    after, cfg, _ = load_run(run)
+    assert cfg.fusion.text_projection == "mlp" and not isinstance(after.text_proj, nn.Linear)
+    w = torch.randn(3, 300, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(before.eval().embed_classes(w), after.eval().embed_classes(w))

@@ -3,11 +3,12 @@
 AVCA (Mercea et al., CVPR 2022) embeds audio and visual features with cross-modal attention and
 projects them into the word2vec space, trained with triplet, projection and reconstruction losses;
 it has no spiking branch and no Tucker fusion. Here that is :class:`~stft_neuro.model.stft.STFT`
-with two config switches (``OVERRIDES``): ``spiking.enabled = false`` (no GLP, chip, TSF or
-threshold cues) and ``fusion.kind = concat`` (an MLP on the transformer vector instead of a Tucker
+with three config switches (``OVERRIDES``): ``spiking.enabled = false`` (no GLP, chip, TSF or
+threshold cues), ``fusion.kind = concat`` (an MLP on the transformer vector instead of a Tucker
 product; with the spiking branch off ``build_fusion`` uses that MLP whatever the kind says, so this
-is also the "no spiking branch" ablation). Everything else (transformer, losses, optimiser, AVCA
-protocol) is the full model's, so the comparison isolates what the spiking branch + Tucker add.
+is also the "no spiking branch" ablation) and ``fusion.text_projection = mlp`` (AVCA's 2-layer
+projection of word2vec; the full STFT's default became a linear map in issue #11). Everything else
+(transformer, losses, optimiser, AVCA protocol) is the full model's.
 
 Not a reimplementation of AVCA: AVCA works on clip-level (mean) features with its own encoders;
 this model reads the per-second sequences with the project's latent-slot transformer.
@@ -20,7 +21,7 @@ from stft_neuro import config as config_mod
 from stft_neuro.config import Config
 from stft_neuro.data.benchmark import Benchmark
 
-OVERRIDES: tuple[str, ...] = ("spiking.enabled=false", "fusion.kind=concat")
+OVERRIDES: tuple[str, ...] = ("spiking.enabled=false", "fusion.kind=concat", "fusion.text_projection=mlp")
 
 
 def avca_like_config(cfg: Config) -> Config:
