@@ -10,12 +10,13 @@ WHEELS := $(VENV)/lava-wheels
 install: $(STAMP)
 
 # torch first and pinned (2.13.0 is the CPU wheel available here); then Lava's wheels, rebuilt
-# with the two Python 3.11 mends (tools/mend_lava.py); then this package, editable.
+# with the two Python 3.11 mends (tools/mend_lava.py); then this package, editable, with its
+# optional extras (Ray for the sharded runs: the tests exercise it).
 $(STAMP): pyproject.toml tools/mend_lava.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0 "numpy>=1.26,<2"
 	$(PY) tools/mend_lava.py $(WHEELS)
-	$(PY) -m pip install --quiet --find-links $(WHEELS) -e ".[lava,test]"
+	$(PY) -m pip install --quiet --find-links $(WHEELS) -e ".[lava,test,ray]"
 	# pip check, except for NeuroBench's dataset dependencies (installed without them, below)
 	$(PY) -m pip check > $(VENV)/pip-check.txt || \
 		(grep -v '^neurobench ' $(VENV)/pip-check.txt | grep . && exit 1 || true)

@@ -5,6 +5,7 @@
     stft-neuro simulate (--bundle DIR | --checkpoint RUN) --backend lava|reference|torch
                         [--host torch|onnx] [--split stage_2_test_seen|stage_2_test_unseen|all]
                         [--samples N] [--batch B] --out DIR [--json]
+                        [--ray [ADDRESS] [--ray-workers N]]
 
 The host (torch: the checkpoint's ``SpikingBranch``/``STFT``; onnx: the bundle's ``host_*.onnx`` in
 onnxruntime, :class:`~stft_neuro.export.onnx_host.OnnxHost`) drives the spiking branch through the
@@ -37,11 +38,22 @@ Decisions, written down:
   order; all samples by default. ``--split all`` = both stage-2 test splits.
 - **Metrics** (S/U/HM/ZSL, ``protocol.metrics_from_distances`` at the run's ``b``) are over the
   simulated samples; with one split only, S or U (and HM) are 0 by definition (no samples).
+- **``--ray [ADDRESS]``** (the optional extra ``stft-neuro[ray]``; :mod:`stft_neuro.shard`): the
+  driver loads and plans as above, then cuts the samples into contiguous shards of whole batches
+  (every batch is the one the single-process run makes), and each shard runs as a Ray task with
+  its own host model and backend (for Lava, its own session, shut down on every path); a failed
+  shard is retried, one that still fails ends the run with one line naming its sample range and
+  no output. The records are merged in sample order and the predictions made over all of them,
+  so ``records.npz`` and ``plan.safetensors`` are byte-identical to the single-process run's and
+  results.json differs only in ``timings`` and ``ray`` (tested, reference and Lava, with a worker
+  killed midway). The features of a shard and the ONNX host graphs travel with the tasks, so
+  a cluster's workers need stft-neuro (and Lava, for ``--backend lava``) but none of these files.
 
 Output folder (written into a temporary sibling and renamed at the end: nothing partial remains
 after an error, Ctrl-C or SIGTERM). THE RECORD FORMAT IS A CONTRACT (``stft-neuro report`` reads it):
 
-``records.npz`` (``np.savez_compressed``), N samples, T steps, L layers:
+``records.npz`` (deflated ``.npz``, :func:`save_records`: the same records give the same bytes), N
+samples, T steps, L layers:
     ``spikes_1`` .. ``spikes_L``  (N, T, n_l) bool   every layer's spikes
     ``theta``                    (N, T, L) int32    thresholds sent (only with dynamic thresholds)
     ``payloads``                 (N, T, n_in) int16 graded payloads sent
@@ -52,10 +64,15 @@ after an error, Ctrl-C or SIGTERM). THE RECORD FORMAT IS A CONTRACT (``stft-neur
 ``plan.safetensors``  a copy of the plan run (``DeploymentPlan.save``)
 ``results.json``      backend, host, bundle (path, manifest sha256), checkpoint, split, samples,
                       metrics (S/U/HM/ZSL/bias), bias_source, timings (start-up, per-step bridge
-                      cost, host, backend, samples/s, sample-steps/s), onnx rounding notes.
+                      cost, host, backend, samples/s, sample-steps/s), onnx rounding notes,
+                      ``ray`` (None, or address, workers, start-up s and each shard's samples,
+                      seconds, node and pid). With Ray, ``timings.loop_s`` is the wall time of the
+                      sharded part (Ray start-up included), ``backend_s``/``host_s``/``lava`` are
+                      summed over the shards (worker-seconds).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -65,6 +82,7 @@ import signal
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +101,8 @@ RECORDS = "records.npz"
 RESULTS = "results.json"
 PLAN_COPY = "plan.safetensors"
 SAMPLE_SEED = 0
+#: ``--ray`` without an address (stft_neuro.shard.LOCAL, repeated so the parser needs no Ray import).
+LOCAL_RAY = "local"
 
 
 class SimulateError(UserError):
@@ -119,13 +139,19 @@ def add_parser(sub: Any) -> None:
                    help="other data than the run's (only [data] keys)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
     p.add_argument("--json", action="store_true", help="print results.json instead of a table")
+    p.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                   help="shard the batches over Ray (needs stft-neuro[ray]): alone, a local Ray with "
+                        "one worker per core; with ADDRESS (auto, HOST:6379, ray://HOST:10001) an "
+                        "existing cluster. Records are identical to a run without --ray")
+    p.add_argument("--ray-workers", type=int, metavar="N",
+                   help="cores of the local Ray started by --ray (default: all)")
 
 
 def main(args: Any) -> int:
     """CLI entry: run, print the table (or JSON)."""
     from tqdm import tqdm
 
-    if args.backend == "lava":
+    if args.backend == "lava" and args.ray is None:
         _require_lava()  # first: tqdm's lock fixes multiprocessing's start method, Lava sets it at import
     bar = tqdm(unit="sample", disable=True if args.json else None, dynamic_ncols=True,
                file=__import__("sys").stderr)
@@ -133,7 +159,7 @@ def main(args: Any) -> int:
         results = simulate(bundle=args.bundle, checkpoint=args.checkpoint, backend=args.backend,
                            host=args.host, split=args.split, samples=args.samples, batch=args.batch,
                            out=args.out, force=args.force, overrides=args.overrides,
-                           allow_pickle=args.allow_pickle,
+                           allow_pickle=args.allow_pickle, ray=args.ray, ray_workers=args.ray_workers,
                            progress=lambda n, total: (setattr(bar, "total", total), bar.update(n)))
     finally:
         bar.close()
@@ -192,27 +218,35 @@ class _Timed:
 def simulate(*, bundle: str | None, checkpoint: str | None, backend: str, host: str = "torch",
              split: str = "all", samples: int | None = None, batch: int = 64, out: str,
              force: bool = False, overrides: list[str] | None = None, allow_pickle: bool = False,
+             ray: str | None = None, ray_workers: int | None = None,
              progress: Any = None) -> dict[str, Any]:
     """Run the simulation and write the output folder atomically; returns results.json's dict.
 
-    ``progress(n_done_now, total)`` is called after each batch. SIGTERM is turned into
-    ``KeyboardInterrupt`` for the duration (main thread), so the temporary folder and any Lava
-    runtime are always cleaned up."""
+    ``ray``: None runs every batch in this process; an address (``"local"``: a private local Ray,
+    ``ray_workers`` cores) shards the batches over Ray workers (:func:`_run_on_ray`), with the same
+    records. ``progress(n_done_now, total)`` is called after each batch (each shard with Ray).
+    SIGTERM is turned into ``KeyboardInterrupt`` for the duration (main thread), so the temporary
+    folder and any Lava runtime are always cleaned up."""
     old_term = None
     if threading.current_thread() is threading.main_thread():
         from stft_neuro.sim.lava_session import on_sigterm
         old_term = signal.signal(signal.SIGTERM, functools.partial(on_sigterm, os.getpid()))
     try:
         return _simulate(bundle, checkpoint, backend, host, split, samples, batch, out, force,
-                         overrides or [], allow_pickle, progress)
+                         overrides or [], allow_pickle, ray, ray_workers, progress)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 
 
 def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, batch, out, force,
-              overrides, allow_pickle, progress) -> dict[str, Any]:
+              overrides, allow_pickle, ray_address, ray_workers, progress) -> dict[str, Any]:
     t_start = time.perf_counter()
+    if ray_workers is not None and ray_address is None:
+        raise SimulateError("simulate: --ray-workers sizes the local Ray of --ray: give --ray too")
+    if ray_address is not None:
+        from stft_neuro.shard import require_ray
+        require_ray()  # first: one line before minutes of loading when Ray is missing
     if backend_name not in BACKENDS:
         raise SimulateError(f"simulate: unknown backend {backend_name!r} (one of {', '.join(BACKENDS)})")
     if host_name not in HOSTS:
@@ -287,32 +321,28 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
         raise SimulateError(f"simulate: split {split} has no samples")
     total = len(picks)
 
-    # -- the backend -----------------------------------------------------------------------------
-    session = None
-    if backend_name == "reference":
-        from stft_neuro.sim.reference import ReferenceSimulator
-        inner = ReferenceSimulator(plan)
-    elif backend_name == "lava":
-        from stft_neuro.sim.lava_session import LavaSession
-        _require_lava()
-        inner = session = LavaSession(plan, min(int(batch), total))
-    else:
-        inner = model.spiking.chip
-    backend = _Timed(inner)
-
+    # -- the run: here, or sharded over Ray -----------------------------------------------------
+    capacity = min(int(batch), total)   # the Lava network's samples (the same in every shard)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         t_loop = time.perf_counter()
         startup_s = t_loop - t_start
-        rec = _run_batches(model, onnx_host, backend, bench, picks, int(batch), class_emb, bias,
-                           bench.seen(2), dynamic, progress)
-        loop_s = time.perf_counter() - t_loop
-        if session is not None:
-            lava_timing = dict(vars(session.timing))
-            session.close()
+        if ray_address is None:
+            with _open_backend(backend_name, plan, model, capacity) as (backend, session):
+                parts = _run_batches(model, onnx_host, backend, _batches_of(bench, picks, int(batch)),
+                                     dynamic, progress, total)
+                lava_timing = dict(vars(session.timing)) if session is not None else None
+            work = {"backend_s": backend.seconds, "steps": backend.steps, "lava": lava_timing}
+            ray_info = None
         else:
-            lava_timing = None
+            job = _ShardJob(model=model, plan=plan, backend=backend_name, capacity=capacity,
+                            dynamic=dynamic, onnx_files=_onnx_files(onnx_host))
+            parts, work, ray_info = _run_on_ray(job, bench, picks, int(batch), ray_address,
+                                                ray_workers, progress)
+        loop_s = time.perf_counter() - t_loop
+        rec = _merge(parts, bench, picks, class_emb, bias, bench.seen(2), dynamic,
+                     onnx=onnx_host is not None)
         metrics = _metrics(rec, class_emb, bench, bias)
         L = plan.num_layers
         arrays = {f"spikes_{l + 1}": rec["spikes"][l] for l in range(L)}
@@ -320,12 +350,12 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
             arrays["theta"] = rec["theta"]
         arrays.update(payloads=rec["payloads"], labels=rec["labels"], pred=rec["pred"],
                       sample_index=rec["sample_index"], split_name=rec["split_name"])
-        np.savez_compressed(tmp / RECORDS, **arrays)
+        save_records(tmp / RECORDS, arrays)
         plan.save(tmp / PLAN_COPY)
         T = int(rec["payloads"].shape[1])
         sample_steps = total * T
-        backend_s = backend.seconds
-        bridge = lava_timing
+        backend_s = work["backend_s"]
+        bridge = work["lava"]
         startup_backend = (bridge["build_s"] if bridge else 0.0)
         results = {
             "format": "stft-neuro/simulate", "version": 1,
@@ -344,12 +374,13 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
                 "startup_host_s": startup_s, "startup_backend_s": startup_backend,
                 "loop_s": loop_s,
                 "backend_s": backend_s - startup_backend,
-                "host_s": loop_s - backend_s,
-                "bridge_per_step_ms": 1e3 * (backend_s - startup_backend) / max(1, backend.steps),
-                "steps": backend.steps,
+                "host_s": (loop_s if ray_info is None else work["shard_s"]) - backend_s,
+                "bridge_per_step_ms": 1e3 * (backend_s - startup_backend) / max(1, work["steps"]),
+                "steps": work["steps"],
                 "samples_per_s": total / loop_s, "sample_steps_per_s": sample_steps / loop_s,
                 "lava": bridge,
             },
+            "ray": ray_info,
             "onnx_vs_torch_rounding": rec["onnx_vs_torch_rounding"],
             "record_format": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
         }
@@ -358,13 +389,37 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException as exc:
-        if session is not None:
-            session.close(force=not isinstance(exc, Exception) or _is_lava_failure(exc))
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_lava_failure(exc):
             raise SimulateError(f"simulate --backend lava: {exc}") from None
         raise
     return results
+
+
+@contextlib.contextmanager
+def _open_backend(name: str, plan, model, capacity: int):
+    """The step-contract backend ``name`` wrapped in :class:`_Timed`, and the
+    :class:`~stft_neuro.sim.lava_session.LavaSession` behind it (None for the others). A Lava
+    session is closed on every path: normally after the block, forcibly (no draining) after an
+    interruption or a failed process model."""
+    session = None
+    if name == "reference":
+        from stft_neuro.sim.reference import ReferenceSimulator
+        inner = ReferenceSimulator(plan)
+    elif name == "lava":
+        from stft_neuro.sim.lava_session import LavaSession
+        _require_lava()
+        inner = session = LavaSession(plan, capacity)
+    else:
+        inner = model.spiking.chip
+    try:
+        yield _Timed(inner), session
+    except BaseException as exc:
+        if session is not None:
+            session.close(force=not isinstance(exc, Exception) or _is_lava_failure(exc))
+        raise
+    if session is not None:
+        session.close()
 
 
 def _require_lava() -> None:
@@ -382,18 +437,21 @@ def _is_lava_failure(exc: BaseException) -> bool:
     return isinstance(exc, LavaSessionError)
 
 
-def _run_batches(model, onnx_host, backend, bench, picks, batch, class_emb, bias, seen, dynamic,
-                 progress) -> dict[str, Any]:
-    """Every batch through host + backend; returns the stacked records (numpy, sample-major)."""
-    from stft_neuro.protocol import distances, predict
-
-    plan = backend.plan if backend.plan is not None else None
-    rounding = {"payload_mismatches": 0, "payloads": 0, "theta_mismatches": 0, "thetas": 0}
-    spikes: list[list[np.ndarray]] = []
-    thetas, payloads, joints = [], [], []
+def _batches_of(bench, picks, batch):
+    """The features of ``picks`` in batches of ``batch`` (the last one smaller), in order."""
     for i in range(0, len(picks), batch):
-        chunk = picks[i:i + batch]
-        a, v, n = _features(bench, chunk)
+        yield _features(bench, picks[i:i + batch])
+
+
+def _run_batches(model, onnx_host, backend, batches, dynamic, progress=None, total=None) -> list[dict]:
+    """Every batch of ``batches`` (``(audio (B, S, Da), visual (B, S, Dv), lengths (B,))``) through
+    host + backend; returns one record dict per batch (numpy, sample-major):
+    ``spikes`` [(B, T, n_l) bool], ``theta`` (B, T, L) int32 or None, ``payloads`` (B, T, n_in)
+    int16, ``joint`` (B, E) float32, ``rounding`` (ONNX host only: mismatch counts)."""
+    plan = backend.plan if backend.plan is not None else None
+    parts = []
+    for a, v, n in batches:
+        rounding = None
         with torch.no_grad():
             if onnx_host is not None:
                 res = onnx_host.run(a.numpy(), v.numpy(), n.numpy(), backend)
@@ -401,6 +459,7 @@ def _run_batches(model, onnx_host, backend, bench, picks, batch, class_emb, bias
                 th = res.get("theta")
                 joint = np.asarray(res["joint"])
                 x, _ = onnx_host.encode(a.numpy(), v.numpy(), n.numpy())
+                rounding = {"payload_mismatches": 0, "payloads": 0, "theta_mismatches": 0, "thetas": 0}
                 _count_rounding(rounding, model, plan, a, v, n, x, sp, th)
             else:
                 res = model(a, v, n, backend=backend)
@@ -409,29 +468,147 @@ def _run_batches(model, onnx_host, backend, bench, picks, batch, class_emb, bias
                 joint = res["joint"].float().numpy()
                 cur, _ = model.spiking.encode(a, v, n)
                 x = backend.plan.encode_input(cur).detach().numpy()
-        spikes.append([s.transpose(1, 0, 2) > 0.5 for s in sp])                  # (B, T, n_l)
-        if dynamic:
-            thetas.append(np.rint(np.asarray(th, dtype=np.float64)).astype(np.int32).transpose(1, 0, 2))
-        payloads.append(np.rint(np.asarray(x, dtype=np.float64)).astype(np.int16).transpose(1, 0, 2))
-        joints.append(joint)
+        parts.append({
+            "spikes": [s.transpose(1, 0, 2) > 0.5 for s in sp],                         # (B, T, n_l)
+            "theta": (np.rint(np.asarray(th, dtype=np.float64)).astype(np.int32).transpose(1, 0, 2)
+                      if dynamic else None),
+            "payloads": np.rint(np.asarray(x, dtype=np.float64)).astype(np.int16).transpose(1, 0, 2),
+            "joint": joint, "rounding": rounding})
         if progress is not None:
-            progress(len(chunk), len(picks))
-    joint = np.concatenate(joints)
+            progress(int(n.shape[0]), total)
+    return parts
+
+
+def _merge(parts, bench, picks, class_emb, bias, seen, dynamic, onnx) -> dict[str, Any]:
+    """The per-batch records of :func:`_run_batches`, in sample order, stacked; the predictions
+    (nearest class embedding, ``bias`` on seen-class distances) computed over all of them."""
+    from stft_neuro.protocol import distances, predict
+
+    joint = np.concatenate([p["joint"] for p in parts])
     dist = distances(joint, class_emb)
     pred = predict(dist, np.arange(class_emb.shape[0]), seen, bias)
-    L = len(spikes[0])
+    L = len(parts[0]["spikes"])
+    rounding = None
+    if onnx:
+        rounding = {k: sum(p["rounding"][k] for p in parts) for k in parts[0]["rounding"]}
     return {
-        "spikes": [np.concatenate([s[l] for s in spikes]) for l in range(L)],
-        "theta": np.concatenate(thetas) if dynamic else None,
-        "payloads": np.concatenate(payloads),
+        "spikes": [np.concatenate([p["spikes"][l] for p in parts]) for l in range(L)],
+        "theta": np.concatenate([p["theta"] for p in parts]) if dynamic else None,
+        "payloads": np.concatenate([p["payloads"] for p in parts]),
         "joint": joint, "dist": dist,
         "labels": np.array([bench.splits[s].labels[i] for s, i in picks], dtype=np.int64),
         "pred": pred.astype(np.int64),
         "sample_index": np.array([i for _, i in picks], dtype=np.int64),
         "split_name": np.array([s for s, _ in picks]),
-        "onnx_vs_torch_rounding": rounding if onnx_host is not None else None,
+        "onnx_vs_torch_rounding": rounding,
     }
 
+
+def save_records(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` with every zip member dated 1980-01-01: the same arrays give the
+    same bytes (numpy stamps the current time, so two identical runs would differ). ``np.load``
+    reads it as any ``.npz``."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for key, val in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(val), allow_pickle=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharded over Ray (stft_neuro.shard; the optional extra stft-neuro[ray])
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _ShardJob:
+    """What every shard needs, built once by the driver and put into Ray's object store: the model
+    (host; calibrated and in deploy mode), the plan, the backend's name, the Lava capacity, whether
+    thresholds are dynamic, and the ONNX host graphs as bytes (``{file name: bytes}``, None for the
+    torch host), so that no worker needs the driver's files."""
+
+    model: Any
+    plan: Any
+    backend: str
+    capacity: int
+    dynamic: bool
+    onnx_files: dict[str, bytes] | None
+
+
+def _onnx_files(onnx_host) -> dict[str, bytes] | None:
+    if onnx_host is None:
+        return None
+    names = set(onnx_host.description["roles"].values())
+    return {name: (onnx_host.folder / name).read_bytes() for name in sorted(names)}
+
+
+def _shard_ranges(total: int, batch: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous sample ranges ``[start, stop)`` made of whole batches (so every batch is the
+    single-process run's batch), as even as batches allow: ``4 x workers`` shards when there are
+    that many batches (a retry repeats at most a quarter of a worker's share; a slow worker does
+    not hold up the rest), else one per batch."""
+    n_batches = -(-total // batch)
+    k = max(1, min(n_batches, 4 * max(1, workers)))
+    bounds = [round(i * n_batches / k) for i in range(k + 1)]
+    return [(b0 * batch, min(total, b1 * batch)) for b0, b1 in zip(bounds, bounds[1:])]
+
+
+def _run_on_ray(job: _ShardJob, bench, picks, batch, address, workers, progress):
+    """Shard the samples (:func:`_shard_ranges`), run each shard as a Ray task
+    (:func:`_shard_task`, retried on failure; a shard that still fails is one
+    :class:`~stft_neuro.shard.ShardFailedError` naming its range) and return the per-batch records
+    in sample order, the summed work of the shards and what results.json's ``ray`` says."""
+    from stft_neuro import shard as shard_mod
+
+    with shard_mod.connect(address, workers) as ray_desc:
+        ranges = _shard_ranges(len(picks), batch, ray_desc["workers"])
+        shards = []
+        for i, (start, stop) in enumerate(ranges):
+            a, v, n = _features(bench, picks[start:stop])
+            shards.append(shard_mod.Shard(
+                index=i, seed=SAMPLE_SEED + i, label=f"samples {start}-{stop - 1}",
+                payload={"batch": batch, "audio": a.numpy(), "visual": v.numpy(), "lengths": n.numpy()}))
+        done = (lambda s, r: progress(ranges[s.index][1] - ranges[s.index][0], len(picks))) \
+            if progress is not None else None
+        outs = shard_mod.run_shards(_shard_task, shards, shared=job, on_result=done)
+    parts = [p for o in outs for p in o["parts"]]
+    lava = None
+    if job.backend == "lava":
+        lava = {k: sum(o["lava"][k] for o in outs) for k in outs[0]["lava"]}
+    work = {"backend_s": sum(o["backend_s"] for o in outs), "steps": sum(o["steps"] for o in outs),
+            "shard_s": sum(o["seconds"] for o in outs), "lava": lava}
+    info = {"address": address, "workers": ray_desc["workers"], "startup_s": ray_desc["startup_s"],
+            "shards": [{"samples": list(r), "seconds": o["seconds"], "node": o["node"], "pid": o["pid"]}
+                       for r, o in zip(ranges, outs)]}
+    return parts, work, info
+
+
+def _shard_task(job: _ShardJob, shard) -> dict[str, Any]:
+    """One shard, in a Ray worker: its batches through the host and a backend of its own (a Lava
+    session is shut down on every path, :func:`_open_backend`). Returns the per-batch records and
+    the shard's timings (``seconds`` wall, ``backend_s`` inside the backend, ``steps``, ``lava``:
+    the session's :class:`~stft_neuro.sim.lava_session.SessionTiming`), node and pid."""
+    import platform
+
+    t0 = time.perf_counter()
+    if job.backend == "lava":
+        _require_lava()  # before anything fixes multiprocessing's start method (Lava sets it)
+    p = shard.payload
+    a, v, n = (torch.as_tensor(p[k]) for k in ("audio", "visual", "lengths"))
+    batches = ((a[i:i + p["batch"]], v[i:i + p["batch"]], n[i:i + p["batch"]])
+               for i in range(0, int(n.shape[0]), p["batch"]))
+    with tempfile.TemporaryDirectory(prefix="stft-neuro-shard-") as folder:
+        onnx_host = None
+        if job.onnx_files is not None:
+            from stft_neuro.export.onnx_host import OnnxHost
+            for name, data in job.onnx_files.items():
+                (Path(folder) / name).write_bytes(data)
+            onnx_host = OnnxHost(folder)
+        with _open_backend(job.backend, job.plan, job.model, job.capacity) as (backend, session):
+            parts = _run_batches(job.model, onnx_host, backend, batches, job.dynamic)
+            lava = dict(vars(session.timing)) if session is not None else None
+    return {"parts": parts, "seconds": time.perf_counter() - t0, "backend_s": backend.seconds,
+            "steps": backend.steps, "lava": lava, "node": platform.node(), "pid": os.getpid()}
 
 def _count_rounding(counts, model, plan, a, v, n, x_onnx, spikes_onnx, theta_onnx) -> None:
     """Count the payloads and thetas the ONNX host sent that the torch host would have rounded
