@@ -21,12 +21,16 @@ are identical sample for sample (tested).
 
 Decisions, written down:
 
-- **What a bundle alone cannot give.** A bundle (format version 1) holds the plan and the host
-  graphs, but neither the projected class embeddings (``STFT.embed_classes(w2v)``, needed for the
-  nearest-class prediction) nor the calibration ``b`` nor the data configuration. They come from
-  the training run: ``--checkpoint RUN`` when given, else the run folder the bundle was exported
-  from (``manifest["source"]``) when it still exists; otherwise a one-line error. ``b`` is the
-  run's ``meta.json`` ``progress.best_bias`` (chosen on stage-1 validation, as ``eval`` uses it).
+- **A bundle runs alone with ``--host onnx``.** A bundle exported with ``--target onnx|all``
+  carries, besides the plan and the host graphs, what the host needs of the training run
+  (``export/bundle.py`` ``run_description``): the projected class embeddings
+  (``classes.safetensors``, ``STFT.embed_classes(w2v)``), the calibration ``b`` (the run's
+  ``progress.best_bias``, chosen on stage-1 validation, as ``eval`` uses it), the feature widths,
+  class names and the data configuration that names the benchmark. ``simulate --bundle DIR --host
+  onnx`` then needs no checkpoint (given one, it also counts where the ONNX host's payloads and
+  thetas round differently from the torch host's: ``onnx_vs_torch_rounding``, else null). Otherwise (``--host torch``, ``--backend torch``, or a bundle
+  without the host side) the run comes from ``--checkpoint RUN``, else from the run folder the
+  bundle was exported from (``manifest["source"]``) when it still exists; else a one-line error.
 - **``--host torch`` with ``--bundle`` needs the checkpoint** (the torch host is the checkpoint's
   model), and its frozen plan must equal the bundle's plan (else the host would convert with one
   plan and the chip run another): checked, one-line error. ``--backend torch`` likewise needs the
@@ -129,7 +133,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--host", default="torch", choices=HOSTS,
                    help="who runs the host side: the checkpoint's torch model, or the bundle's ONNX "
-                        "graphs in onnxruntime (default torch)")
+                        "graphs in onnxruntime (default torch); with onnx, a bundle exported with "
+                        "--target onnx|all runs without the training checkpoint")
     p.add_argument("--split", default="all", choices=SPLIT_CHOICES)
     p.add_argument("--samples", type=int, metavar="N", help="N samples per split (seeded; default all)")
     p.add_argument("--batch", type=int, default=64, metavar="B", help="samples per batch (default 64)")
@@ -267,22 +272,35 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
 
     # -- what to run: bundle, checkpoint, plan -------------------------------------------------
     bundle = None
+    alone = False  # the bundle runs without the training checkpoint (--host onnx, run carried)
     if bundle_dir is not None:
         from stft_neuro.export.bundle import MANIFEST, load_bundle
         bundle = load_bundle(bundle_dir)
-        if checkpoint is None:
+        alone = (checkpoint is None and host_name == "onnx" and backend_name != "torch"
+                 and bundle.run is not None)
+        if checkpoint is None and not alone:
             source = bundle.manifest.get("source") or ""
             if source and Path(source).is_dir():
                 checkpoint = source
+            elif bundle.run is not None:
+                raise SimulateError(
+                    f"simulate: --host {host_name} --backend {backend_name} needs the training run and "
+                    f"the bundle's source run {source!r} is not there: give --checkpoint RUN, or run "
+                    "the bundle alone with --host onnx --backend lava|reference")
             else:
                 raise SimulateError(
-                    f"simulate: bundle {bundle_dir} holds no class embeddings nor calibration b and "
-                    f"its source run {source!r} is not there: give --checkpoint RUN")
+                    f"simulate: bundle {bundle_dir} holds no class embeddings nor calibration b (exported "
+                    f"with --target {bundle.manifest.get('target')}) and its source run {source!r} is not "
+                    "there: give --checkpoint RUN, or re-export with --target onnx|all")
     if backend_name == "torch" and checkpoint is None:
         raise SimulateError("simulate: --backend torch runs the checkpoint's chip module: give --checkpoint RUN")
-    model, cfg, meta = _load_model(checkpoint, overrides, allow_pickle)
+    if alone:
+        model = None
+        cfg, meta = _bundle_run(bundle, overrides, allow_pickle)
+    else:
+        model, cfg, meta = _load_model(checkpoint, overrides, allow_pickle)
     bench = _load_bench(cfg, allow_pickle)
-    _check_widths(bench, meta, checkpoint)
+    _check_widths(bench, meta, bundle_dir if alone else checkpoint)
     plan = _model_plan(model, bench) if bundle is None or host_name == "torch" or backend_name == "torch" \
         else None
     if bundle is not None:
@@ -303,10 +321,16 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
                                     f"{want}, the benchmark has {got}")
         if onnx_host.dynamic_threshold:
             bundle.file(CUE_FILE)
-    dynamic = bool(model.spiking.cfg.dynamic_threshold)
+    dynamic = bool(onnx_host.dynamic_threshold if alone else model.spiking.cfg.dynamic_threshold)
     bias = float(meta["progress"]["best_bias"])
-    with torch.no_grad():
-        class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings)).float().numpy()
+    if alone:
+        if tuple(meta["class_names"]) != tuple(bench.class_names):
+            raise SimulateError(f"simulate: bundle {bundle_dir} was exported for other classes than "
+                                f"the benchmark's ({cfg.data.dataset}): give the run's data with --set data.*")
+        class_emb = bundle.class_embeddings()
+    else:
+        with torch.no_grad():
+            class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings)).float().numpy()
 
     # -- the samples ----------------------------------------------------------------------------
     chosen = SPLITS if split == "all" else (split,)
@@ -363,12 +387,15 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
             "bundle": None if bundle is None else {
                 "path": str(bundle.path),
                 "manifest_sha256": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest()},
-            "checkpoint": str(checkpoint), "split": split, "splits": list(chosen),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "split": split, "splits": list(chosen),
             "samples": total, "samples_per_split": samples, "batch": int(batch),
             "num_steps": T, "sizes": list(plan.sizes), "dynamic_threshold": dynamic,
             # padded feature length S of the benchmark (the host's FLOPs per sample depend on it)
             "seconds": int(bench.splits[chosen[0]].audio.shape[1]),
-            "metrics": metrics, "bias_source": f"{checkpoint}/meta.json progress.best_bias",
+            "metrics": metrics,
+            "bias_source": (f"{bundle.path}/manifest.json run.calibration_bias" if alone
+                            else f"{checkpoint}/meta.json progress.best_bias"),
             "timings": {
                 "startup_s": startup_s + startup_backend,
                 "startup_host_s": startup_s, "startup_backend_s": startup_backend,
@@ -459,8 +486,9 @@ def _run_batches(model, onnx_host, backend, batches, dynamic, progress=None, tot
                 th = res.get("theta")
                 joint = np.asarray(res["joint"])
                 x, _ = onnx_host.encode(a.numpy(), v.numpy(), n.numpy())
-                rounding = {"payload_mismatches": 0, "payloads": 0, "theta_mismatches": 0, "thetas": 0}
-                _count_rounding(rounding, model, plan, a, v, n, x, sp, th)
+                if model is not None:  # a bundle run alone has no torch host to compare with
+                    rounding = {"payload_mismatches": 0, "payloads": 0, "theta_mismatches": 0, "thetas": 0}
+                    _count_rounding(rounding, model, plan, a, v, n, x, sp, th)
             else:
                 res = model(a, v, n, backend=backend)
                 sp = [s.detach().float().numpy() for s in res["spikes"]]
@@ -489,7 +517,7 @@ def _merge(parts, bench, picks, class_emb, bias, seen, dynamic, onnx) -> dict[st
     pred = predict(dist, np.arange(class_emb.shape[0]), seen, bias)
     L = len(parts[0]["spikes"])
     rounding = None
-    if onnx:
+    if onnx and parts[0]["rounding"] is not None:
         rounding = {k: sum(p["rounding"][k] for p in parts) for k in parts[0]["rounding"]}
     return {
         "spikes": [np.concatenate([p["spikes"][l] for p in parts]) for l in range(L)],
@@ -659,6 +687,24 @@ def _load_model(checkpoint, overrides, allow_pickle):
     if allow_pickle:
         cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
     return model.cpu().eval(), cfg, meta
+
+
+def _bundle_run(bundle, overrides, allow_pickle):
+    """(config, meta-like dict) of the training run a bundle carries (``manifest["run"]``)."""
+    from stft_neuro import config as config_mod
+    from stft_neuro.errors import CheckpointError, ConfigError
+    run = bundle.run
+    if any(not o.startswith("data.") for o in overrides):
+        raise CheckpointError("simulate: only [data] keys can be overridden (the model is the bundle's)")
+    try:
+        cfg = config_mod.load(overrides=overrides, base=config_mod.from_dict(run["config"]))
+    except ConfigError as exc:
+        raise SimulateError(f"simulate: bundle {bundle.path}: its run configuration: {exc}") from None
+    if allow_pickle:
+        cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+    meta = {"audio_dim": run["audio_dim"], "visual_dim": run["visual_dim"],
+            "class_names": run["class_names"], "progress": {"best_bias": run["calibration_bias"]}}
+    return cfg, meta
 
 
 def _load_bench(cfg, allow_pickle):

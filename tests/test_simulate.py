@@ -81,7 +81,9 @@ def test_backends_give_identical_records_and_onnx_host_the_same_predictions(tmp_
     # 14 samples in batches of 8: one build, one in-place reset, the last batch padded
     assert res_l["timings"]["lava"]["builds"] == 1 and res_l["timings"]["lava"]["resets"] == 1
 
-    onnx, res_x = _simulate(tmp_path, bundle, "--backend", "reference", "--host", "onnx")
+    # with the checkpoint, the ONNX host's rounding is compared with the torch host's
+    onnx, res_x = _simulate(tmp_path, bundle, "--backend", "reference", "--host", "onnx",
+                            "--checkpoint", str(run))
     assert np.array_equal(onnx["pred"], ref["pred"]), "--host onnx predicts differently from torch"
     rounding = res_x["onnx_vs_torch_rounding"]
     assert rounding["payloads"] == ref["payloads"].size and rounding["thetas"] == ref["theta"].size
@@ -89,6 +91,30 @@ def test_backends_give_identical_records_and_onnx_host_the_same_predictions(tmp_
     if rounding["payload_mismatches"] == 0 and rounding["theta_mismatches"] == 0:
         for key in RECORD_KEYS:
             assert np.array_equal(onnx[key], ref[key]), f"--host onnx: {key} differs"
+
+
+def test_a_bundle_runs_without_the_training_checkpoint(tmp_path, tiny_bundle, capsys):
+    """``--target onnx|all`` carries the class embeddings, b, widths and data config: with the
+    training run moved away, ``--host onnx`` gives the records and metrics of the run with it;
+    what still needs the run (``--host torch``) says so in one line."""
+    run, bundle = tiny_bundle
+    with_run, res_with = _simulate(tmp_path, bundle, "--backend", "reference", "--host", "onnx",
+                                   "--checkpoint", str(run))
+    moved = tmp_path / "run-elsewhere"
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)
+    try:
+        alone, res_alone = _simulate(tmp_path, bundle, "--backend", "reference", "--host", "onnx")
+        assert res_alone["checkpoint"] is None and "manifest.json" in res_alone["bias_source"]
+        assert res_alone["metrics"] == res_with["metrics"]
+        assert alone["spikes_1"].any() and alone["spikes_2"].any()
+        for key in RECORD_KEYS:
+            assert np.array_equal(alone[key], with_run[key]), f"{key} differs without the checkpoint"
+        err = _one_line_error(capsys, ["simulate", "--bundle", str(bundle), "--backend", "reference",
+                                       "--out", str(tmp_path / "x")])
+        assert "--host onnx" in err and "--checkpoint" in err and not (tmp_path / "x").exists()
+    finally:
+        shutil.copytree(moved, run)
 
 
 def _one_line_error(capsys, argv) -> str:

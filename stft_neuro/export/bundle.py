@@ -19,6 +19,11 @@ file                       targets      what
                                         ``lava.lib.dl.netx.hdf5.Network`` (static thresholds)
 ``host_*.onnx``            onnx, all    the host side (``export/onnx_host.py``): encoder, threshold
                                         cue, readout + transformer + fusion + projection
+``classes.safetensors``    onnx, all    the class embeddings the host compares against (word2vec
+                                        through the run's text projection, ``(C, E)`` float32);
+                                        with the manifest's ``run`` (data config, feature widths,
+                                        class names, calibration b) ``simulate --bundle DIR`` runs
+                                        without the training checkpoint
 ``manifest.json``          all          what crosses the bridge every step (names, shapes, dtypes,
                                         units, ranges), the timing, the design-rule and resource
                                         report, and a SHA-256 per file
@@ -37,12 +42,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from stft_neuro import __version__
 from stft_neuro.errors import UserError
 from stft_neuro.hw_targets.errors import PlanFormatError
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BUNDLE_FORMAT = "stft-neuro/bundle"
 BUNDLE_VERSION = 1
@@ -52,6 +60,7 @@ PLAN_FILE = "plan.safetensors"
 NIR_FILE = "spiking.nir"
 NETX_FILE = "spiking_netx.h5"
 SNNTORCH_NIR_FILE = "spiking_snntorch.nir"
+CLASSES_FILE = "classes.safetensors"
 
 
 class BundleError(UserError):
@@ -112,6 +121,37 @@ class Bundle:
                               f"{self.manifest.get('target')})")
         return self.path / name
 
+    @property
+    def run(self) -> dict | None:
+        """What the host needs of the training run (``run_description``), or None for a bundle
+        without the host side (targets nir, lava) or exported before bundles carried it."""
+        return self.manifest.get("run")
+
+    def class_embeddings(self):
+        """``(C, E)`` float32 class embeddings in the order of ``run["class_names"]``."""
+        from safetensors.numpy import load_file
+        return load_file(str(self.file(CLASSES_FILE)))["class_embeddings"]
+
+
+def run_description(model, cfg, meta: dict, class_word2vec) -> tuple[dict, np.ndarray]:
+    """What a hybrid run needs of the training run besides the host graphs, so that a bundle runs
+    without the checkpoint -> (manifest entry, ``(C, E)`` float32 class embeddings).
+
+    ``class_word2vec``: the benchmark's ``(C, 300)`` class embeddings (``Benchmark.class_embeddings``,
+    the order of ``meta["class_names"]``); projected here by the run's text projection. ``b``: the
+    calibration chosen on stage-1 validation (``meta.json`` ``progress.best_bias``), as ``eval``
+    uses it. ``config``: the run's configuration, whose ``data`` section names the benchmark."""
+    import numpy as np
+    import torch
+    with torch.no_grad():
+        emb = model.embed_classes(torch.as_tensor(np.asarray(class_word2vec), dtype=torch.float32))
+    emb = emb.float().cpu().numpy()
+    run = {"config": cfg.to_dict(), "audio_dim": int(meta["audio_dim"]), "visual_dim": int(meta["visual_dim"]),
+           "class_names": list(meta["class_names"]), "embedding_dim": int(emb.shape[1]),
+           "calibration_bias": float(meta["progress"]["best_bias"]),
+           "bias_source": "meta.json progress.best_bias (chosen on stage-1 validation)"}
+    return run, emb
+
 
 def load_bundle(path: str | Path) -> Bundle:
     """Open a bundle folder, verifying format, version and every file's checksum (one-line errors)."""
@@ -145,13 +185,16 @@ def load_bundle(path: str | Path) -> Bundle:
 
 def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | Path, target: str,
                   *, force: bool = False, source: str = "", nir_profile: str = "exact",
+                  run: tuple[dict, np.ndarray] | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Write the bundle for ``target`` into ``out`` atomically; returns the manifest.
 
     ``model``: the loaded STFT (its spiking branch calibrated); ``plan``: its frozen plan
     (``model.spiking.deployment_plan()``). Refuses a plan that breaks a design rule.
     ``nir_profile="snntorch"`` (targets nir and all) also writes ``spiking_snntorch.nir`` beside
-    the exact ``spiking.nir``, and refuses (one line) a plan that profile cannot represent."""
+    the exact ``spiking.nir``, and refuses (one line) a plan that profile cannot represent.
+    ``run``: :func:`run_description`'s result; targets onnx and all write it (``classes.safetensors``
+    and the manifest's ``run``), so that the bundle runs ``simulate`` without the checkpoint."""
     from stft_neuro.hw_targets.loihi2.report import resource_report
 
     if target not in TARGETS:
@@ -217,6 +260,10 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             onnx = export_host_onnx(model, plan, tmp)
             timings["onnx"] = time.perf_counter() - t0
             say("wrote the host ONNX graphs")
+            if run is not None:
+                from safetensors.numpy import save_file
+                save_file({"class_embeddings": run[1]}, str(tmp / CLASSES_FILE))
+                say(f"wrote {CLASSES_FILE}")
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         spiking_cfg = model.spiking.cfg
@@ -229,6 +276,7 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             "host": {"dynamic_threshold": spiking_cfg.dynamic_threshold, "tsf": spiking_cfg.tsf,
                      "glp": spiking_cfg.glp, "onnx": onnx},
             "netx": netx, "nir": nir_files,
+            "run": run[0] if run is not None and onnx is not None else None,
             "quantization": quant_summary,
             "design_rules": resources["design_rules"], "resources": resources.get("totals"),
         }
