@@ -7,6 +7,11 @@ float and right after quantization (post-training quantization, PTQ), fine-tune 
 ``stage_2_train`` for ``train.epochs`` epochs (straight-through estimators + surrogate gradients),
 and test again with the same b. The run folder records all three and the quantization report.
 A QAT run is not resumable (it is short); rerun it instead.
+
+Data-parallel (``dp``, ``stft-neuro train --qat --from RUN --nproc N``): every rank loads the float
+run and calibrates alike, fine-tunes its share of each global batch (``train.train_epoch``), the
+evaluation is sharded (``train.evaluate_split_pair``) and rank 0 writes the run folder. See
+``distributed.py``.
 """
 from __future__ import annotations
 
@@ -23,7 +28,9 @@ from stft_neuro.data import load_benchmark
 from stft_neuro.data.benchmark import Benchmark, Split
 from stft_neuro.errors import CheckpointError
 from stft_neuro.model.stft import STFT
-from stft_neuro.train import epoch_seed, evaluate_split_pair, resolve_device, seed_everything, train_epoch
+from stft_neuro.distributed import LOCAL, DataParallel
+from stft_neuro.train import (epoch_seed, evaluate_split_pair, loss_step, resolve_device, seed_everything,
+                              train_epoch)
 
 CALIBRATION_SAMPLES = 512
 
@@ -49,11 +56,9 @@ def quantization_summary(model: STFT) -> dict:
                        for i in report.layers]}
 
 
-def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | None = None,
-                 on_epoch: Callable[[dict], None] | None = None,
-                 on_batch: Callable[[float], None] | None = None,
-                 bench: Benchmark | None = None) -> dict:
-    """Fine-tune ``float_run`` in deploy mode into ``out_dir``; returns the metrics dict."""
+def load_float_run(float_run: str | Path, overrides: list[str] | None = None):
+    """The float run to fine-tune -> (model, config with ``overrides``, meta); refuses a QAT run and
+    overrides other than ``train.*`` and ``spiking.netx_compatible`` (one-line CheckpointError)."""
     model, cfg, meta = load_run(float_run)
     if meta.get("deploy"):
         raise CheckpointError(f"{float_run} is already a QAT run; give the float run it came from")
@@ -62,45 +67,71 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
     if bad:
         raise CheckpointError(f"QAT keeps the float run's model: only train.* and "
                               f"spiking.netx_compatible can be set, not {bad[0]!r}")
-    cfg = config_mod.load(overrides=overrides or [], base=cfg)
+    return model, config_mod.load(overrides=overrides or [], base=cfg), meta
+
+
+def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | None = None,
+                 on_epoch: Callable[[dict], None] | None = None,
+                 on_batch: Callable[[float], None] | None = None,
+                 bench: Benchmark | None = None, dp: DataParallel = LOCAL) -> dict:
+    """Fine-tune ``float_run`` in deploy mode into ``out_dir``; returns the metrics dict.
+
+    ``dp``: this process's place in a data-parallel run (every rank calls this; rank 0 writes).
+    History rows carry ``batch_losses``, the total loss of every global batch."""
+    model, cfg, meta = load_float_run(float_run, overrides)
     if model.spiking is not None:  # the quantizer target of the plans QAT trains for
         model.spiking.chip.netx_compatible = cfg.spiking.netx_compatible
-    device = resolve_device(cfg.train.device)
+    device = dp.device if dp.active else resolve_device(cfg.train.device)
     bench = bench or load_benchmark(cfg.data)
     model = model.to(device)
     bias = float(meta["progress"]["best_bias"])
     split = bench.splits["stage_2_train"]
-    results = {"from": str(float_run), "bias": bias,
-               "float": evaluate_split_pair(model, bench, 2, device, bias).to_dict()}
+
+    def test() -> dict:  # sharded over the ranks; rank 0's metrics on every rank
+        return evaluate_split_pair(model, bench, 2, device, bias, dp=dp).to_dict()
+
+    results = {"from": str(float_run), "bias": bias, "float": test()}
     calibrate(model, split, device)
     model.spiking.set_deploy(True)
-    results["ptq"] = evaluate_split_pair(model, bench, 2, device, bias).to_dict()
+    results["ptq"] = test()
 
     seed_everything(cfg.train.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     w2v = torch.as_tensor(bench.class_embeddings, device=device)
     train_classes = torch.as_tensor(np.unique(split.labels), device=device)
     history = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", cfg.to_dict())
+    if dp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg.to_dict())
+    step = loss_step(model, split, w2v, train_classes, cfg, device, dp)
     for epoch in range(cfg.train.epochs):
         seed = epoch_seed(cfg.train.seed, 3, epoch)  # stage "3": QAT
-        torch.manual_seed(seed)
+        torch.manual_seed(dp.seed(seed))
+        batch_losses: list[float] = []
+
+        def batch_hook(loss: float) -> None:
+            batch_losses.append(loss)
+            if on_batch is not None:
+                on_batch(loss)
+
         t0 = time.perf_counter()
-        losses = train_epoch(model, split, w2v, train_classes, opt, cfg, device, seed, on_batch)
+        losses = train_epoch(model, split, w2v, train_classes, opt, cfg, device, seed, batch_hook, step, dp)
         seconds = time.perf_counter() - t0
         row = {"stage": "qat", "epoch": epoch + 1, "seconds": seconds,
-               "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()}}
+               "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()},
+               "batch_losses": batch_losses}
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-    results["qat"] = evaluate_split_pair(model, bench, 2, device, bias).to_dict()
+    results["qat"] = test()
     results["hm_drop_qat_vs_float"] = results["float"]["HM"] - results["qat"]["HM"]
     results["quantization"] = quantization_summary(model)
-    save_weights(model, out_dir / "model.safetensors")
-    progress = dict(meta["progress"], history=history, done=True)
-    write_json(out_dir / "meta.json", {**{k: meta[k] for k in ("audio_dim", "visual_dim", "class_names", "benchmark")},
-                                       "format": FORMAT, "deploy": True, "progress": progress,
-                                       "metrics": results})
-    write_json(out_dir / "metrics.json", results)
+    if dp.is_main:
+        save_weights(model, out_dir / "model.safetensors")
+        progress = dict(meta["progress"], history=history, done=True)
+        kept = {k: meta[k] for k in ("audio_dim", "visual_dim", "class_names", "benchmark")}
+        write_json(out_dir / "meta.json", {**kept, "format": FORMAT, "deploy": True, "progress": progress,
+                                           "metrics": results})
+        write_json(out_dir / "metrics.json", results)
+    dp.barrier()
     return results

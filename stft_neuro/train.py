@@ -11,6 +11,12 @@ stage-1 validation chose one).
 
 Determinism: every epoch reseeds torch from ``(seed, stage, epoch)`` and shuffles with a generator
 seeded the same way, so a run resumed after epoch k continues exactly as if never stopped.
+Checkpoints commit in two phases (``Trainer._save``): a run killed while writing one resumes from
+the last complete epoch, never from weights of one epoch with the progress of another.
+
+Data-parallel (``dp``, see ``distributed.py``): every rank runs this same code on its share of each
+global batch; gradients are averaged by ``DistributedDataParallel``, evaluation is sharded and rank
+0's metrics are broadcast, and only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from stft_neuro import protocol
 from stft_neuro.checkpoint import FORMAT, read_json, save_weights, write_json
 from stft_neuro.config import Config
 from stft_neuro.data.benchmark import Benchmark, Split
+from stft_neuro.distributed import LOCAL, DataParallel
 from stft_neuro.errors import CheckpointError, ConfigError
 from stft_neuro.model.losses import stft_loss
 from stft_neuro.model.stft import STFT, embed_split
@@ -58,25 +65,69 @@ def make_model(cfg: Config, bench: Benchmark) -> STFT:
 
 
 def evaluate_split_pair(model: STFT, bench: Benchmark, stage: int, device: torch.device,
-                        bias: float | None = None, backend=None) -> protocol.GZSLMetrics:
+                        bias: float | None = None, backend=None, dp: DataParallel = LOCAL) -> protocol.GZSLMetrics:
     """S/U/HM/ZSL on a stage's seen/unseen evaluation splits; calibrates b when ``bias`` is None.
 
-    ``backend``: who runs the spiking branch's chip side (default: the model's own module)."""
+    ``backend``: who runs the spiking branch's chip side (default: the model's own module).
+    ``dp`` active: each rank embeds its ``dp.chunk`` of every split, the embeddings are gathered,
+    and rank 0's metrics are returned on every rank."""
     names = ("stage_1_val_seen", "stage_1_val_unseen") if stage == 1 else \
         ("stage_2_test_seen", "stage_2_test_unseen")
     seen_split, unseen_split = bench.splits[names[0]], bench.splits[names[1]]
-    emb_seen = embed_split(model, seen_split.audio, seen_split.visual, seen_split.lengths,
-                           device=device, backend=backend)
-    emb_unseen = embed_split(model, unseen_split.audio, unseen_split.visual, unseen_split.lengths,
-                             device=device, backend=backend)
+
+    def embed(split: Split) -> torch.Tensor:  # (N, E)
+        lo, hi = dp.chunk(len(split.labels)) if dp.active else (0, len(split.labels))
+        local = embed_split(model, split.audio[lo:hi], split.visual[lo:hi], split.lengths[lo:hi],
+                            device=device, backend=backend)
+        return dp.gather_rows(local, len(split.labels))
+
+    emb_seen, emb_unseen = embed(seen_split), embed(unseen_split)
     with torch.no_grad():
         class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings, device=device)).cpu()
     samples = torch.cat([emb_seen, emb_unseen]).numpy()
     labels = np.concatenate([seen_split.labels, unseen_split.labels])
     args = (samples, labels, class_emb.numpy(), bench.seen(stage), bench.unseen(stage))
-    if bias is None:
-        return protocol.calibrate(*args)
-    return protocol.evaluate(*args, bias=bias)
+
+    def metrics() -> protocol.GZSLMetrics:
+        if bias is None:
+            return protocol.calibrate(*args)
+        return protocol.evaluate(*args, bias=bias)
+
+    if not dp.active:
+        return metrics()
+    return protocol.GZSLMetrics(**dp.on_main(lambda: metrics().to_dict()))
+
+
+class LossStep(torch.nn.Module):
+    """``forward(a, v, n, w2v) -> (out, text_emb)``: the model's sample outputs and its projected
+    class embeddings in one forward, so that ``DistributedDataParallel`` sees every parameter that
+    the loss uses (``embed_classes`` is not part of ``STFT.forward``).
+
+    ``a (B, T, Da)``, ``v (B, T, Dv)``, ``n (B,)`` seconds per sample, ``w2v (C, 300)``; ``out`` as
+    ``STFT.forward``, ``text_emb (C, E)``."""
+
+    def __init__(self, model: STFT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, a, v, n, w2v):
+        return self.model(a, v, n), self.model.embed_classes(w2v)
+
+
+def loss_step(model: STFT, split: Split, w2v: torch.Tensor, train_classes: torch.Tensor, cfg: Config,
+              device: torch.device, dp: DataParallel = LOCAL) -> torch.nn.Module:
+    """``LossStep(model)``, wrapped in DDP when ``dp`` is active (probing for unused parameters on
+    the split's first two samples)."""
+    step = LossStep(model)
+
+    def probe() -> torch.Tensor:
+        idx = np.arange(min(2, len(split.labels)))
+        out, text = step(*(torch.as_tensor(x[idx], device=device) for x in (split.audio, split.visual,
+                                                                             split.lengths)), w2v)
+        y = torch.as_tensor(split.labels[idx], device=device)
+        return stft_loss(out, text, w2v, y, cfg.train.margin, train_classes)["total"]
+
+    return dp.wrap(step, probe)
 
 
 @dataclass
@@ -94,41 +145,52 @@ class Progress:
 
 def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: torch.Tensor,
                 opt: torch.optim.Optimizer, cfg: Config, device: torch.device, seed: int,
-                on_batch: Callable[[float], None] | None = None) -> dict[str, float]:
-    """One pass over ``split``; returns mean loss terms."""
+                on_batch: Callable[[float], None] | None = None, step: torch.nn.Module | None = None,
+                dp: DataParallel = LOCAL) -> dict[str, float]:
+    """One pass over ``split``; returns mean loss terms (means over batches of global-batch means).
+
+    The permutation (seeded ``seed``) and the global batches are those of one process; with ``dp``
+    active this rank computes its share of each (``dp.shard``) through ``step`` (``loss_step``'s DDP
+    wrapper), and the loss terms reported (``on_batch`` gets the total) are the global batch's."""
     model.train()
+    step = step if step is not None else LossStep(model)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split.labels), generator=gen).numpy()
     totals: dict[str, float] = {}
     batches = 0
     bs = cfg.train.batch_size
     for i in range(0, len(order), bs):
-        idx = np.sort(order[i:i + bs])
+        idx, weight = dp.shard(np.sort(order[i:i + bs]))
         a = torch.as_tensor(split.audio[idx], device=device)
         v = torch.as_tensor(split.visual[idx], device=device)
         n = torch.as_tensor(split.lengths[idx], device=device)
         y = torch.as_tensor(split.labels[idx], device=device)
-        out = model(a, v, n)
-        losses = stft_loss(out, model.embed_classes(w2v), w2v, y, cfg.train.margin, train_classes)
+        out, text_emb = step(a, v, n, w2v)
+        losses = stft_loss(out, text_emb, w2v, y, cfg.train.margin, train_classes)
         opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        (losses["total"] if weight == 1.0 else losses["total"] * weight).backward()
         opt.step()
-        for k, val in losses.items():
-            totals[k] = totals.get(k, 0.0) + float(val.detach())
+        values = dp.global_mean(torch.stack([val.detach() for val in losses.values()]), weight).tolist()
+        for k, val in zip(losses, values):
+            totals[k] = totals.get(k, 0.0) + val
         batches += 1
         if on_batch is not None:
-            on_batch(float(losses["total"].detach()))
+            on_batch(values[list(losses).index("total")])
     return {k: v / max(batches, 1) for k, v in totals.items()}
 
 
 class Trainer:
-    """Runs both AVCA stages into a run folder; ``progress`` callbacks feed the CLI's bar."""
+    """Runs both AVCA stages into a run folder; ``progress`` callbacks feed the CLI's bar.
+
+    ``dp``: this process's place in a data-parallel run (``distributed.start``; default one process).
+    Every rank calls ``run``; rank 0 writes, and every rank returns the same results.
+    Each history row carries ``batch_losses``, the total loss of every global batch in order."""
 
     def __init__(self, cfg: Config, bench: Benchmark, run_dir: Path,
                  on_epoch: Callable[[dict], None] | None = None,
-                 on_batch: Callable[[float], None] | None = None) -> None:
-        self.cfg, self.bench, self.run_dir = cfg, bench, Path(run_dir)
-        self.device = resolve_device(cfg.train.device)
+                 on_batch: Callable[[float], None] | None = None, dp: DataParallel = LOCAL) -> None:
+        self.cfg, self.bench, self.run_dir, self.dp = cfg, bench, Path(run_dir), dp
+        self.device = dp.device if dp.active else resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         self.on_epoch, self.on_batch = on_epoch, on_batch
@@ -145,11 +207,37 @@ class Trainer:
         return meta
 
     def _save(self, model: STFT, opt, sched, progress: Progress) -> None:
-        save_weights(model, self.run_dir / "last.safetensors")
-        tmp = self.run_dir / "last_optim.pt.tmp"
-        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict() if sched else None}, tmp)
-        tmp.replace(self.run_dir / "last_optim.pt")
-        write_json(self.run_dir / "meta.json", self._meta(progress))
+        """Checkpoint in two phases (rank 0; the other ranks wait at a barrier): the weights and the
+        optimizer state (tagged with stage and epoch) go to ``*.next``, meta.json commits them, and
+        then they replace ``last.*``. A kill at any point leaves a pair that ``_recover`` can match
+        with meta.json."""
+        if self.dp.is_main:
+            save_weights(model, self.run_dir / "last.safetensors.next")
+            tmp = self.run_dir / "last_optim.pt.tmp"
+            torch.save({"opt": opt.state_dict(), "sched": sched.state_dict() if sched else None,
+                        "stage": progress.stage, "epoch": progress.epoch}, tmp)
+            tmp.replace(self.run_dir / "last_optim.pt.next")
+            write_json(self.run_dir / "meta.json", self._meta(progress))
+            self._promote()
+        self.dp.barrier()
+
+    def _promote(self) -> None:
+        for name in ("last.safetensors", "last_optim.pt"):
+            staged = self.run_dir / f"{name}.next"
+            if staged.exists():
+                staged.replace(self.run_dir / name)
+
+    def _recover(self, progress: Progress) -> None:
+        """After a kill inside ``_save``: finish the commit if meta.json has it, else drop the pair."""
+        staged = self.run_dir / "last_optim.pt.next"
+        if not staged.exists():
+            return
+        tag = torch.load(staged, map_location="cpu", weights_only=True)
+        if (tag.get("stage"), tag.get("epoch")) == (progress.stage, progress.epoch):
+            self._promote()
+        else:
+            for name in ("last.safetensors.next", "last_optim.pt.next"):
+                (self.run_dir / name).unlink(missing_ok=True)
 
     def _restore(self, model: STFT, opt, sched) -> Progress:
         meta = read_json(self.run_dir / "meta.json", "metadata")
@@ -158,6 +246,11 @@ class Trainer:
             from safetensors.torch import load_file
             model.load_state_dict(load_file(str(self.run_dir / "last.safetensors"), device=str(self.device)))
             state = torch.load(self.run_dir / "last_optim.pt", map_location=self.device, weights_only=True)
+            tag = (state.get("stage", progress.stage), state.get("epoch", progress.epoch))  # untagged: older runs
+            if tag != (progress.stage, progress.epoch):
+                raise CheckpointError(f"{self.run_dir}: last_optim.pt is from stage {tag[0]} epoch {tag[1]} "
+                                      f"but meta.json records stage {progress.stage} epoch {progress.epoch}; "
+                                      "the run cannot resume")
             opt.load_state_dict(state["opt"])
             if sched is not None and state["sched"] is not None:
                 sched.load_state_dict(state["sched"])
@@ -172,14 +265,19 @@ class Trainer:
             opt, mode="max", patience=self.cfg.train.plateau_patience) if stage == 1 else None
         return model, opt, sched
 
+    def _evaluate(self, model: STFT, stage: int, bias: float | None = None) -> protocol.GZSLMetrics:
+        return evaluate_split_pair(model, self.bench, stage, self.device, bias, dp=self.dp)
+
     @staticmethod
     def _stage1_summary(progress: Progress) -> dict:
         return {"best_epoch": progress.best_epoch, "HM": progress.best_hm, "bias": progress.best_bias}
 
     # -- the protocol -----------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        main = self.dp.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", self.cfg.to_dict())
         stages = {"both": (1, 2), "1": (1,), "2": (2,)}[self.cfg.train.stages]
         progress = Progress(stage=stages[0])
         if resume and (self.run_dir / "meta.json").exists():
@@ -189,6 +287,9 @@ class Trainer:
                 if 1 in stages:  # runs finished after a resume into stage 2 once lacked it
                     done.setdefault("stage1_val", self._stage1_summary(progress))
                 return done
+            if main:
+                self._recover(progress)
+        self.dp.barrier()
         results: dict = {}
         for stage in stages:
             if stage < progress.stage:
@@ -201,23 +302,27 @@ class Trainer:
             epochs = self.cfg.train.epochs if stage == 1 or len(stages) == 1 else max(progress.best_epoch, 1)
             split = self.bench.splits[f"stage_{stage}_train"]
             train_classes = torch.as_tensor(np.unique(split.labels), device=self.device)
+            step = loss_step(model, split, self.w2v, train_classes, self.cfg, self.device, self.dp)
             while progress.epoch < epochs:
                 seed = epoch_seed(self.cfg.train.seed, stage, progress.epoch)
-                torch.manual_seed(seed)
+                torch.manual_seed(self.dp.seed(seed))
+                batch_losses: list[float] = []
                 t0 = time.perf_counter()
-                losses = train_epoch(model, split, self.w2v, train_classes, opt, self.cfg,
-                                     self.device, seed, self.on_batch)
+                losses = train_epoch(model, split, self.w2v, train_classes, opt, self.cfg, self.device,
+                                     seed, self._batch_hook(batch_losses), step, self.dp)
                 seconds = time.perf_counter() - t0
                 progress.epoch += 1
                 row = {"stage": stage, "epoch": progress.epoch, "seconds": seconds,
                        "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()}}
                 if stage == 1:
-                    val = evaluate_split_pair(model, self.bench, 1, self.device)
+                    val = self._evaluate(model, 1)
                     row.update({f"val_{k}": v for k, v in val.to_dict().items()})
                     sched.step(val.HM)
                     if val.HM > progress.best_hm:
                         progress.best_hm, progress.best_epoch, progress.best_bias = val.HM, progress.epoch, val.bias
-                        save_weights(model, self.run_dir / "stage1_best.safetensors")
+                        if main:
+                            save_weights(model, self.run_dir / "stage1_best.safetensors")
+                row["batch_losses"] = batch_losses
                 progress.history.append(row)
                 self._save(model, opt, sched, progress)
                 if self.on_epoch is not None:
@@ -226,20 +331,29 @@ class Trainer:
                 results["stage1_val"] = self._stage1_summary(progress)
                 if len(stages) == 1:
                     from safetensors.torch import load_file
-                    model.load_state_dict(load_file(str(self.run_dir / "stage1_best.safetensors")))
-                    results["stage1_val_metrics"] = evaluate_split_pair(
-                        model, self.bench, 1, self.device, progress.best_bias).to_dict()
+                    model.load_state_dict(load_file(str(self.run_dir / "stage1_best.safetensors"),
+                                                    device=str(self.device)))
+                    results["stage1_val_metrics"] = self._evaluate(model, 1, progress.best_bias).to_dict()
             else:
-                results["stage2_test"] = evaluate_split_pair(model, self.bench, 2, self.device,
-                                                             progress.best_bias).to_dict()
-            save_weights(model, self.run_dir / "model.safetensors")
+                results["stage2_test"] = self._evaluate(model, 2, progress.best_bias).to_dict()
+            if main:
+                save_weights(model, self.run_dir / "model.safetensors")
             if stage != stages[-1]:
                 progress = dataclasses.replace(progress, stage=stage + 1, epoch=0)
                 self._save(model, opt, sched, progress)
         progress.done = True
-        write_json(self.run_dir / "metrics.json", results)
-        write_json(self.run_dir / "meta.json", self._meta(progress, results))
+        if main:
+            write_json(self.run_dir / "metrics.json", results)
+            write_json(self.run_dir / "meta.json", self._meta(progress, results))
+        self.dp.barrier()
         return results
+
+    def _batch_hook(self, into: list[float]) -> Callable[[float], None]:
+        def hook(loss: float) -> None:
+            into.append(loss)
+            if self.on_batch is not None:
+                self.on_batch(loss)
+        return hook
 
 
 def check_resumable(run_dir: Path) -> None:
