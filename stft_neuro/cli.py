@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantization-aware fine-tuning of the float run given by --from: the "
                         "spiking branch then computes Loihi 2's integer arithmetic exactly")
     p.add_argument("--from", dest="from_run", metavar="RUN", help="float run to fine-tune (with --qat)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training in N processes on this machine (torchrun, "
+                        "DistributedDataParallel: gloo on CPU, NCCL with one GPU per process); the "
+                        "global batch train.batch_size must be divisible by N; 1 or absent: one process")
     _add_json(p)
 
     p = sub.add_parser("eval", help="S/U/HM/ZSL of a trained run on its benchmark",
@@ -124,9 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                "  lava   plan.safetensors + spiking_netx.h5 (lava-dl netx; static thresholds)\n"
                "  onnx   plan.safetensors + host_*.onnx (encoder, threshold cue, readout)\n"
                "  all    everything; manifest.json (bridge, timing, design rules, SHA-256 per file)\n"
-               "         is always written. Nothing is left behind if the export fails.")
+               "         is always written. Nothing is left behind if the export fails.\n"
+               "NIR profiles (--nir-profile, targets nir and all):\n"
+               "  exact     spiking.nir only (the default; faithful, Delay nodes)\n"
+               "  snntorch  also spiking_snntorch.nir, which snnTorch's import_from_nir and\n"
+               "            nirtorch's nir_to_torch load: no Delay nodes (layer l runs l steps\n"
+               "            ahead of the deployed one), static thresholds, one Output; refuses\n"
+               "            a plan with nonzero biases")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder written by train")
     p.add_argument("--target", required=True, choices=("nir", "lava", "onnx", "all"))
+    p.add_argument("--nir-profile", default="exact", choices=("exact", "snntorch"),
+                   help="also write the NIR graph for snnTorch/nirtorch (default: exact only)")
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled feature files")
@@ -217,55 +229,141 @@ def _results_table(results: dict) -> str:
     return format_table(rows)
 
 
-def _train(cfg, run_dir: Path, resume: bool, quiet: bool) -> dict:
+def _train(cfg, run_dir: Path, resume: bool, quiet: bool, dp=None) -> dict:
+    """Train (``dp``: this rank of a data-parallel run, ``distributed.start``; None: one process)."""
     from stft_neuro.data import load_benchmark
+    from stft_neuro.distributed import LOCAL
     from stft_neuro.train import Trainer
     bench = load_benchmark(cfg.data)
     display = _TrainDisplay(cfg, bench, quiet)
     try:
-        results = Trainer(cfg, bench, run_dir, on_epoch=display.epoch, on_batch=display.batch).run(resume)
+        results = Trainer(cfg, bench, run_dir, on_epoch=display.epoch, on_batch=display.batch,
+                          dp=dp or LOCAL).run(resume)
     finally:
         display.close()
     return results
 
 
-def cmd_train(args) -> int:
+def _train_setup(args, qat_config: bool = True):
+    """Validate ``train``'s options -> (config, run folder). For QAT the config is the float run's
+    with the overrides (None when not ``qat_config``: qat_finetune reads it itself)."""
     from stft_neuro import config as config_mod
+    from stft_neuro.checkpoint import read_json
     from stft_neuro.errors import UserError
     from stft_neuro.train import check_resumable
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, not {args.nproc}")
     if args.qat or args.from_run:
         if not (args.qat and args.from_run):
             raise UserError("--qat and --from RUN go together: --qat --from runs/float")
         if args.resume or args.config:
             raise UserError("--qat takes --set overrides only (not --resume or --config)")
-        return _train_qat(args)
+        from stft_neuro.qat import load_float_run
+        cfg = load_float_run(args.from_run, args.overrides)[1] if qat_config else None
+        return cfg, Path(args.out or f"runs/{stamp}-qat")
     if args.resume:
         run_dir = Path(args.resume)
         check_resumable(run_dir)
-        from stft_neuro.checkpoint import read_json
         cfg = config_mod.from_dict(read_json(run_dir / "config.json", "config"))
         if args.overrides or args.config:
             cfg = config_mod.load(args.config, args.overrides, base=cfg)
-    else:
-        cfg = _load_config(args)
-        run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        return cfg, run_dir
+    return _load_config(args), Path(args.out or f"runs/{stamp}")
+
+
+def cmd_train(args) -> int:
+    from stft_neuro import distributed
+    if distributed.launched_by_torchrun():
+        return _train_rank(args)
+    parallel = args.nproc is not None and args.nproc > 1
+    cfg, run_dir = _train_setup(args, qat_config=parallel)
+    if parallel:
+        return _launch_train(args, cfg, run_dir)
+    if args.qat:
+        return _train_qat(args, run_dir)
     results = _train(cfg, run_dir, resume=bool(args.resume), quiet=args.json)
     _print(results, args.json, _results_table(results) + f"\n\nrun folder: {run_dir}")
     return 0
 
 
-def _train_qat(args) -> int:
+def _launch_train(args, cfg, run_dir: Path) -> int:
+    """``--nproc N``: check what one line can refuse here, then run this command in N processes
+    through torchrun (``distributed.launch``) with the run folder fixed for all of them."""
+    import torch
+
+    from stft_neuro import distributed
+    from stft_neuro.errors import UserError
+    from stft_neuro.train import resolve_device
+    distributed.check_batch(cfg.train.batch_size, args.nproc)
+    if resolve_device(cfg.train.device).type == "cuda" and args.nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {args.nproc} on CUDA needs {args.nproc} GPUs (NCCL, one per process); "
+                        f"this machine has {torch.cuda.device_count()}")
+    argv = (["-v"] if args.verbose else []) + ["train"]
+    argv += ["--resume", str(run_dir)] if args.resume else ["--out", str(run_dir)]
+    if args.qat:
+        argv += ["--qat", "--from", str(args.from_run)]
+    if args.config:
+        argv += ["--config", args.config]
+    argv += [a for o in args.overrides for a in ("--set", o)]
+    argv += [flag for flag, on in (("--allow-pickle", args.allow_pickle), ("--json", args.json)) if on]
+    return distributed.launch(args.nproc, argv, verbose=args.verbose)
+
+
+def _train_rank(args) -> int:
+    """One rank of a data-parallel run (under torchrun). Only rank 0 prints results. A user error
+    goes to torchrun's error file; started by ``--nproc`` the launcher prints it once, under a
+    plain torchrun rank 0 prints it and another rank prefixes it with its rank (torchrun may stop
+    rank 0 before it prints). An interrupt is reported by the launcher, or by rank 0 alone."""
+    import os
+
+    from stft_neuro import distributed
+    from stft_neuro.errors import UserError
+    from stft_neuro.train import resolve_device
+    try:
+        if args.nproc is not None:
+            raise UserError("--nproc starts torchrun itself: under torchrun, leave it out")
+        cfg, run_dir = _train_setup(args)
+        distributed.check_batch(cfg.train.batch_size, int(os.environ["WORLD_SIZE"]))
+        dp = distributed.start(resolve_device(cfg.train.device), cfg.train.threads)
+        try:
+            run_dir = Path(dp.on_main(lambda: str(run_dir)))  # rank 0's default name, for all
+            if args.qat:
+                return _train_qat(args, run_dir, dp)
+            results = _train(cfg, run_dir, resume=bool(args.resume), quiet=args.json or not dp.is_main, dp=dp)
+            if dp.is_main:
+                _print(results, args.json, _results_table(results) + f"\n\nrun folder: {run_dir}")
+            return 0
+        finally:
+            distributed.stop(dp)
+    except UserError as exc:
+        if distributed.report_error(str(exc)):
+            return 1
+        if distributed.env_rank() != 0:
+            print(f"stft-neuro: error: (rank {distributed.env_rank()}) {exc}", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        if distributed.env_rank() != 0 or os.environ.get(distributed.LAUNCHER_ENV) == "1":
+            return 130
+        raise
+
+
+def _train_qat(args, run_dir: Path, dp=None) -> int:
+    from stft_neuro.distributed import LOCAL
     from stft_neuro.qat import qat_finetune
-    run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-qat")
+    dp = dp or LOCAL
     rows = []
 
     def on_epoch(row):
         rows.append(row)
-        if not args.json:
+        if not args.json and dp.is_main:
             print(f"qat epoch {row['epoch']:>3}: loss {row['loss_total']:.4f} "
                   f"({row['samples_per_s']:.0f} samples/s)", file=sys.stderr)
 
-    results = qat_finetune(args.from_run, run_dir, args.overrides, on_epoch=on_epoch)
+    results = qat_finetune(args.from_run, run_dir, args.overrides, on_epoch=on_epoch, dp=dp)
+    if not dp.is_main:
+        return 0
     from stft_neuro.protocol import GZSLMetrics, format_table
     table = format_table({"float": GZSLMetrics(**results["float"]),
                           "quantized (PTQ)": GZSLMetrics(**results["ptq"]),
@@ -278,8 +376,10 @@ def _train_qat(args) -> int:
     return 0
 
 
-def _frozen_plan(args):
-    """Load ``args.checkpoint`` and freeze its spiking branch's plan -> (model, cfg, meta, plan)."""
+def _frozen_plan(args, with_bench: bool = False):
+    """Load ``args.checkpoint`` and freeze its spiking branch's plan -> (model, cfg, meta, plan,
+    bench); ``bench`` is the run's benchmark when a float run needed it for calibration or
+    ``with_bench`` asks for it, else None."""
     from stft_neuro.checkpoint import load_run
     from stft_neuro.data import load_benchmark
     from stft_neuro.errors import CheckpointError
@@ -288,21 +388,26 @@ def _frozen_plan(args):
     model, cfg, meta = load_run(args.checkpoint)
     if model.spiking is None:
         raise CheckpointError(f"{args.checkpoint}: no spiking branch (spiking.enabled=false)")
+    bench = None
+    if with_bench or not meta.get("deploy"):
+        bench = load_benchmark(_with_pickle(cfg, args).data)
     if not meta.get("deploy"):  # a float run: calibrate the input payload scale on its data first
-        cfg = _with_pickle(cfg, args)
-        calibrate(model, load_benchmark(cfg.data).splits["stage_2_train"], resolve_device(cfg.train.device))
+        calibrate(model, bench.splits["stage_2_train"], resolve_device(cfg.train.device))
     plan, _ = model.spiking.deployment_plan()
-    return model, cfg, meta, plan
+    return model, cfg, meta, plan, bench
 
 
 def cmd_export(args) -> int:
-    from stft_neuro.export.bundle import export_bundle
+    from stft_neuro.export.bundle import export_bundle, run_description
     from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
     from stft_neuro.qat import quantization_summary
-    model, _, meta, plan = _frozen_plan(args)
+    host = args.target in ("onnx", "all")  # the host side: carry what simulate needs of the run
+    model, cfg, meta, plan, bench = _frozen_plan(args, with_bench=host)
     model = model.cpu().eval()
+    run = run_description(model, cfg, meta, bench.class_embeddings) if host else None
     manifest = export_bundle(model, plan, quantization_summary(model), args.out, args.target,
-                             force=args.force, source=str(args.checkpoint),
+                             force=args.force, source=str(args.checkpoint), run=run,
+                             nir_profile=getattr(args, "nir_profile", "exact"),
                              progress=None if args.json else print)
     if args.json:
         _print(manifest, True, "")
@@ -318,7 +423,7 @@ def cmd_export(args) -> int:
 def cmd_resources(args) -> int:
     from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
     from stft_neuro.qat import quantization_summary
-    model, _, _, plan = _frozen_plan(args)
+    model, _, _, plan, _ = _frozen_plan(args)
     report = resource_report(plan.network)
     report["quantization"] = quantization_summary(model)
     q = report["quantization"]
