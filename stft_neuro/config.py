@@ -108,12 +108,13 @@ class FusionConfig:
     """Temporal-semantic Tucker fusion. ``kind``: ``"tucker"`` or ``"concat"`` (ablation).
     ``ranks``: one Tucker fusion per rank (multi-scale), summed. ``width``: internal width;
     ``embed_dim``: the joint embedding compared with projected class embeddings.
-    ``text_projection``: how word2vec (300-d) maps to that space: ``"linear"`` (one linear map, the
-    default) or ``"mlp"`` (AVCA's, 300 -> width -> embed_dim). The MLP has more ways to fit the 30
-    seen classes' embeddings that break unseen ones: on real-size synthetic UCF the linear map gave
-    +4.3 HM [+0.6, +8.1] (95% CI, paired over seeds 0-4) over the MLP in the full STFT, and only
-    with it does STFT clear the ridge baseline by more than 5 HM outside the CI (issue #11,
-    ``bench/bench_quality.py``, BENCHMARKS.md). The AVCA-like baseline keeps AVCA's MLP.
+    ``text_projection``: how word2vec (300-d) maps to that space: ``"mlp"`` (AVCA's, 300 -> width ->
+    embed_dim; the default) or ``"linear"`` (one linear map). On real-size synthetic UCF the linear
+    map gave +4.3 HM [+0.6, +8.1] over the MLP in the full STFT (95% CI, paired over seeds 0-4), and
+    only with it does STFT clear the ridge baseline by more than 5 HM outside the CI (issue #11,
+    ``bench/bench_quality.py``, BENCHMARKS.md): use ``fusion.text_projection=linear`` for real-size
+    training. It is not the default because at the small sizes (the demo, 24 training samples per
+    class) it collapsed: loss stuck at 0.48 from epoch 4 and validation HM 0 over 20 epochs (seed 0).
     ``output_norm``: LayerNorm the fusion's output before it joins the skip path ``W r``, so that
     the two enter the joint embedding at the same scale. Without it a trained full STFT (real-size
     UCF, seed 0) had RMS 0.027 on the fusion against 0.60 on the skip, and zeroing the spiking
@@ -124,7 +125,7 @@ class FusionConfig:
     width: int = 256
     embed_dim: int = 64
     dropout: float = 0.1
-    text_projection: str = "linear"
+    text_projection: str = "mlp"
     output_norm: bool = False
 
 

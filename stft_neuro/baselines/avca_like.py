@@ -7,7 +7,8 @@ with three config switches (``OVERRIDES``): ``spiking.enabled = false`` (no GLP,
 threshold cues), ``fusion.kind = concat`` (an MLP on the transformer vector instead of a Tucker
 product; with the spiking branch off ``build_fusion`` uses that MLP whatever the kind says, so this
 is also the "no spiking branch" ablation) and ``fusion.text_projection = mlp`` (AVCA's 2-layer
-projection of word2vec; the full STFT's default became a linear map in issue #11). Everything else
+projection of word2vec, also the STFT's default; pinned so the baseline stays AVCA's when the STFT
+is trained with ``fusion.text_projection=linear``, as the real-size sweep's full STFT is). Everything else
 (transformer, losses, optimiser, AVCA protocol) is the full model's.
 
 Not a reimplementation of AVCA: AVCA works on clip-level (mean) features with its own encoders;
