@@ -114,7 +114,9 @@ class FusionConfig:
     only with it does STFT clear the ridge baseline by more than 5 HM outside the CI (issue #11,
     ``bench/bench_quality.py``, BENCHMARKS.md): use ``fusion.text_projection=linear`` for real-size
     training. It is not the default because at the small sizes (the demo, 24 training samples per
-    class) it collapsed: loss stuck at 0.48 from epoch 4 and validation HM 0 over 20 epochs (seed 0).
+    class) it stalls on a plateau: loss stuck near 0.48 from epoch 4 and validation HM ~0 (seeds
+    0-2; seed 0 for all 20 epochs; seed 1's stage 2 began to leave it at epoch 8), where the MLP
+    reaches HM 20 by epoch 7. Real-size data gives it 2.5x more steps per epoch.
     ``output_norm``: LayerNorm the fusion's output before it joins the skip path ``W r``, so that
     the two enter the joint embedding at the same scale. Without it a trained full STFT (real-size
     UCF, seed 0) had RMS 0.027 on the fusion against 0.60 on the skip, and zeroing the spiking
