@@ -66,6 +66,7 @@ import torch
 
 from stft_neuro.converters import conventions
 from stft_neuro.converters.nir_graph import Graph, NIRGraphError
+from stft_neuro.sim.lava_runner import force_stop
 
 NEURONS = ("LIF", "CubaLIF", "IF")
 
@@ -565,7 +566,7 @@ def _shutdown(proc: Any, inj: Any, bias_inj: Any, exts: dict, steps: int, io: di
     if runtime is None:
         return
     if interrupted:
-        _force_stop(runtime)
+        force_stop(runtime)
         return
     try:
         if getattr(runtime, "_is_running", False):
@@ -580,34 +581,3 @@ def _shutdown(proc: Any, inj: Any, bias_inj: Any, exts: dict, steps: int, io: di
             proc.wait()
     finally:
         proc.stop()
-
-
-def _force_stop(runtime: Any) -> None:
-    """Terminate a Lava runtime's process models and managers without talking to them."""
-    import multiprocessing as mp
-
-    infra = getattr(runtime, "_messaging_infrastructure", None)
-    actors = list(getattr(infra, "actors", []) or [])
-    for a in actors:
-        if a.is_alive():
-            a.terminate()
-    for a in actors:
-        mp.Process.join(a, 5.0)
-        if a.is_alive():
-            a.kill()
-            mp.Process.join(a, 5.0)
-    try:
-        if infra is not None and infra.smm is not None:
-            infra.smm.shutdown()
-    finally:
-        wd = getattr(runtime, "_watchdog_manager", None)
-        for proc_name in ("_lm", "_sm"):
-            p = getattr(wd, proc_name, None)
-            if p is not None and p.is_alive():
-                p.terminate()
-                p.join(5.0)
-        mgr = getattr(wd, "_mp_manager", None)
-        if mgr is not None:
-            mgr.shutdown()
-            wd._mp_manager = None
-        runtime._is_running = runtime._is_started = False  # keep __del__ from calling stop()

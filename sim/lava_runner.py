@@ -297,6 +297,40 @@ def _shutdown(proc: Any, injector: Any, th_injectors: list, extractors: list, st
         proc.stop()
 
 
+def force_stop(runtime: Any) -> None:
+    """Terminate a Lava runtime's process models and managers without talking to them, and release
+    Lava's shared memory (after an interruption or a dead/failed model, when draining could block).
+    The one copy: the hybrid bridge (``sim/lava_session.py``) and NIR graphs on Lava
+    (``converters/nir_lava.py``) both stop their runtimes with it."""
+    import multiprocessing as mp
+
+    infra = getattr(runtime, "_messaging_infrastructure", None)
+    actors = list(getattr(infra, "actors", []) or [])
+    for a in actors:
+        if a.is_alive():
+            a.terminate()
+    for a in actors:
+        mp.Process.join(a, 5.0)
+        if a.is_alive():
+            a.kill()
+            mp.Process.join(a, 5.0)
+    try:
+        if infra is not None and getattr(infra, "smm", None) is not None:
+            infra.smm.shutdown()
+    finally:
+        wd = getattr(runtime, "_watchdog_manager", None)
+        for proc_name in ("_lm", "_sm"):
+            p = getattr(wd, proc_name, None)
+            if p is not None and p.is_alive():
+                p.terminate()
+                p.join(5.0)
+        mgr = getattr(wd, "_mp_manager", None)
+        if mgr is not None:
+            mgr.shutdown()
+            wd._mp_manager = None
+        runtime._is_running = runtime._is_started = False  # keep __del__ from calling stop()
+
+
 def _as_int_array(t: Tensor | np.ndarray) -> np.ndarray:
     """Checked integer payloads / thetas (``plan.check_*`` ran first) as int64 numpy."""
     a = t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)

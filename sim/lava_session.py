@@ -53,9 +53,9 @@ What it builds, once for a capacity of ``B`` samples (``n_l`` the width of layer
   runtime is stopped normally; after ``KeyboardInterrupt`` (Ctrl-C, and SIGTERM, which the session
   turns into ``KeyboardInterrupt`` in its own process while a runtime lives) or a process model
   that died or failed, the process models are terminated and Lava's shared memory released without
-  talking to them (:func:`_force_stop`). Every receive waits with a timeout and,
-  while waiting, checks that every process model is alive and that the runtime has not reported an
-  error: a dead or failed model raises :class:`LavaSessionError` instead of hanging.
+  talking to them (:func:`stft_neuro.sim.lava_runner.force_stop`). Every receive waits with a
+  timeout and, while waiting, checks that every process model is alive and that the runtime has
+  not reported an error: a dead or failed model raises :class:`LavaSessionError` instead of hanging.
 
 Spikes come back as float32 0/1 tensors ``(B, n_l)`` per layer (per step) or ``(T, B, n_l)`` (run),
 like the other backends.
@@ -318,13 +318,13 @@ class LavaSession:
             runtime = getattr(net["anchor"], "runtime", None)
             if runtime is not None:
                 if force:
-                    _force_stop(runtime)
+                    lava_runner.force_stop(runtime)
                 else:
                     try:
                         self._drain(net)
                         net["anchor"].stop()
                     except BaseException:
-                        _force_stop(runtime)
+                        lava_runner.force_stop(runtime)
                         raise
         finally:
             self._net = None
@@ -515,38 +515,6 @@ def on_sigterm(owner: int, signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signum)
         return
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _force_stop(runtime: Any) -> None:
-    """Terminate a Lava runtime's process models and managers without talking to them, and release
-    Lava's shared memory (after an interruption or a dead/failed model, when draining could block)."""
-    import multiprocessing as mp
-
-    infra = getattr(runtime, "_messaging_infrastructure", None)
-    actors = list(getattr(infra, "actors", []) or [])
-    for a in actors:
-        if a.is_alive():
-            a.terminate()
-    for a in actors:
-        mp.Process.join(a, 5.0)
-        if a.is_alive():
-            a.kill()
-            mp.Process.join(a, 5.0)
-    try:
-        if infra is not None and getattr(infra, "smm", None) is not None:
-            infra.smm.shutdown()
-    finally:
-        wd = getattr(runtime, "_watchdog_manager", None)
-        for proc_name in ("_lm", "_sm"):
-            p = getattr(wd, proc_name, None)
-            if p is not None and p.is_alive():
-                p.terminate()
-                p.join(5.0)
-        mgr = getattr(wd, "_mp_manager", None)
-        if mgr is not None:
-            mgr.shutdown()
-            wd._mp_manager = None
-        runtime._is_running = runtime._is_started = False  # keep __del__ from calling stop()
 
 
 def _as_int(t: Tensor | np.ndarray) -> np.ndarray:
