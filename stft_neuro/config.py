@@ -116,7 +116,11 @@ class FusionConfig:
     training. It is not the default because at the small sizes (the demo, 24 training samples per
     class) it stalls on a plateau: loss stuck near 0.48 from epoch 4 and validation HM ~0 (seeds
     0-2; seed 0 for all 20 epochs; seed 1's stage 2 began to leave it at epoch 8), where the MLP
-    reaches HM 20 by epoch 7. Real-size data gives it 2.5x more steps per epoch.
+    reaches HM 20 by epoch 7. Real-size data gives it 2.5x more steps per epoch. On the plateau the
+    joint triplet loss stays at its margin (1.0) while the projection loss falls to 0.03: the class
+    embeddings collapse together (unit word2vec vectors share a large common component, and the
+    MLP's LayerNorm is what keeps them apart). Untested candidates: centre word2vec over the
+    classes, or a LayerNorm after the linear map.
     ``output_norm``: LayerNorm the fusion's output before it joins the skip path ``W r``, so that
     the two enter the joint embedding at the same scale. Without it a trained full STFT (real-size
     UCF, seed 0) had RMS 0.027 on the fusion against 0.60 on the skip, and zeroing the spiking
