@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_reference import SIZES, bench_plan  # noqa: E402  (the same trained-like plan)
+
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = (512, 256, 256, 128)
 
 
 def cpu_name() -> str:
@@ -48,17 +49,6 @@ def cpu_name() -> str:
     d = cpu_description()
     have = [f for f in ("avx2", "avx512_vnni") if f in d["flags"]]
     return f"{d['model']}, {d['logical_cpus']} CPUs, flags: {' '.join(have) or 'neither avx2 nor avx512_vnni'}"
-
-
-def make_plan(T: int, seed: int = 0):
-    from stft_neuro.hw_targets.loihi2 import quantize as Q
-    rng = np.random.default_rng(seed)
-    floats = [Q.FloatLayer(name=f"lif{l + 1}",
-                           weight=rng.standard_t(3, (SIZES[l + 1], SIZES[l])) * 2.5 / SIZES[l] ** 0.5,
-                           bias=rng.normal(0, 0.02, SIZES[l + 1]), du=0.25, dv=0.1, threshold=1.0)
-              for l in range(len(SIZES) - 1)]
-    plan, _ = Q.plan_from_float(floats, input_scale=1.0 / 60, input_bits=8, num_steps=T)
-    return plan
 
 
 def workload(plan, T: int, B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,7 +255,7 @@ def main() -> int:
     _lava()
     B, T = args.batch, args.steps
     cpu = cpu_name()
-    plan = make_plan(T)
+    plan = bench_plan(T=T)
     res: dict = {"cpu": cpu, "batch": B, "steps": T, "command": " ".join(sys.argv)}
     print(f"# bench_bridge: {cpu}; B = {B}, T = {T}, sizes {SIZES}", file=sys.stderr)
     res["bridge"] = bench_bridge(plan, T, B, args.seqs)

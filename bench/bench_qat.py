@@ -13,9 +13,7 @@ under a file lock: run one process per seed to use more cores, then ``--report-o
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -26,13 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from markdown import replace_section  # noqa: E402
+from results_file import update_locked  # noqa: E402
 
 from stft_neuro import config as config_mod  # noqa: E402
 from stft_neuro.checkpoint import load_run  # noqa: E402
 from stft_neuro.data import load_benchmark  # noqa: E402
 from stft_neuro.qat import qat_finetune  # noqa: E402
 from stft_neuro.sim.reference import ReferenceSimulator  # noqa: E402
-from stft_neuro.train import Trainer, evaluate_split_pair, resolve_device  # noqa: E402
+from stft_neuro.train import Trainer, device_label, evaluate_split_pair  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,15 +49,10 @@ REAL_SECTION = "Float vs QAT, real-size synthetic UCF (issue #11)"
 def _record(path: Path, row: dict) -> list[dict]:
     """Merge one seed's row into the results file (a list of rows, one per seed) under a file lock,
     so that one process per seed can run in parallel; returns all rows, sorted by seed."""
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = json.loads(path.read_text()) if path.is_file() else []
-        rows = [r for r in rows if r["seed"] != row["seed"]] + [row]
-        rows.sort(key=lambda r: r["seed"])
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(path)
-    return rows
+    def merge(rows: list[dict] | None) -> list[dict]:
+        rows = [r for r in rows or [] if r["seed"] != row["seed"]] + [row]
+        return sorted(rows, key=lambda r: r["seed"])
+    return update_locked(path, merge, indent=2)
 
 
 def run_seed(seed: int, sets: list[str], bench, qat_epochs: int, qat_lr: float,
@@ -87,8 +81,7 @@ def run_seed(seed: int, sets: list[str], bench, qat_epochs: int, qat_lr: float,
     res["reference_equals_deploy"] = via_ref == res["qat"]
     res["seed"] = seed
     res["seconds"] = time.perf_counter() - t0
-    device = resolve_device(cfg.train.device)
-    res["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    res["device"] = device_label(cfg.train.device)
     return res
 
 

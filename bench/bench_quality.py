@@ -31,7 +31,6 @@ write merges under a file lock).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -48,6 +47,7 @@ from stft_neuro.baselines import avca_like, ridge  # noqa: E402
 from stft_neuro.baselines.compare import mean_sd, paired_difference  # noqa: E402
 from stft_neuro.data import load_benchmark  # noqa: E402
 from stft_neuro.errors import UserError  # noqa: E402
+from results_file import update_locked  # noqa: E402
 
 REFERENCE = "STFT (full)"
 RIDGE = "ridge (mean-pooled, lambda 100)"
@@ -89,33 +89,16 @@ def cpu_name() -> str:
     return f"{name}, {os.cpu_count()} cores, avx512_vnni {'yes' if vnni else 'no'}"
 
 
-def _device_name(cfg) -> str:
-    """Where a run trained: ``cpu`` or the CUDA device's name (GPU figures are reported as such)."""
-    import torch
-    from stft_neuro.train import resolve_device
-    device = resolve_device(cfg.train.device)
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
 def _record(path: Path, data: dict, name: str, seed: int, row: dict) -> dict:
     """Add one result to the file under an exclusive lock, merging with what other processes
     (e.g. a second sweep on other seeds) wrote since we read it; returns the merged data."""
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.is_file():
-            on_disk = json.loads(path.read_text())
-            for variant, rows in on_disk["results"].items():
-                for key, r in rows.items():
-                    data["results"].setdefault(variant, {}).setdefault(key, r)
+    def merge(on_disk: dict | None) -> dict:
+        for variant, rows in (on_disk or {"results": {}})["results"].items():
+            for key, r in rows.items():
+                data["results"].setdefault(variant, {}).setdefault(key, r)
         data["results"].setdefault(name, {})[str(seed)] = row
-        _write(path, data)
-    return data
+        return data
+    return update_locked(path, merge)
 
 
 def same_config(stored: dict, now: dict) -> bool:
@@ -185,8 +168,10 @@ def run_pair(name: str, seed: int, overrides: list[str], work: Path, bench) -> d
     if VARIANTS[name] is None:
         result = ridge.run_protocol(bench)
         history: list[dict] = []
+        device = "cpu"  # numpy, closed form
     else:
-        from stft_neuro.train import Trainer
+        from stft_neuro.train import Trainer, device_label
+        device = device_label(cfg.train.device)
         run_dir = work / name.replace(" ", "_").replace("/", "_") / f"seed{seed}"
         result = Trainer(cfg, bench, run_dir).run(resume=(run_dir / "meta.json").is_file())
         history = json.loads((run_dir / "meta.json").read_text())["progress"]["history"]
@@ -198,7 +183,7 @@ def run_pair(name: str, seed: int, overrides: list[str], work: Path, bench) -> d
            "epoch_seconds": sum(r["seconds"] for r in history) if history else seconds,
            "best_epoch": result["stage1_val"]["best_epoch"], "val_HM": result["stage1_val"]["HM"],
            "median_samples_per_s": rates[len(rates) // 2] if rates else None,
-           "device": _device_name(cfg) if VARIANTS[name] is not None else "cpu",  # ridge: numpy
+           "device": device,
            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     return row
 

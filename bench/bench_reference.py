@@ -39,9 +39,10 @@ T = 10
 HEADING = "## Reference simulator vs Lava fixed_pt"
 
 
-def bench_plan(seed: int = 0):
+def bench_plan(seed: int = 0, T: int = T):
     """The project's quantizer applied to trained-like float weights (Student t, 3 dof): the
-    plan a trained STFT deploys, with spike rates near the trained model's (~10 %)."""
+    plan a trained STFT deploys (``SIZES``, ``T`` steps), with spike rates near the trained
+    model's (~10 %). ``bench_bridge.py`` benchmarks the same plan."""
     from stft_neuro.hw_targets.loihi2 import quantize as Q
     rng = np.random.default_rng(seed)
     floats = [Q.FloatLayer(name=f"lif{l + 1}",

@@ -75,10 +75,6 @@ def load_run(run: str | Path, weights: str = "model.safetensors",
     meta = read_json(path / "meta.json", "metadata")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'meta.json'}: not a stft-neuro run (format {meta.get('format')!r})")
-    if isinstance(raw.get("fusion"), dict):
-        # Runs written before fusion.text_projection existed all had the MLP projection: load them
-        # as what they are, whatever the default becomes.
-        raw["fusion"].setdefault("text_projection", "mlp")
     try:
         cfg = config_mod.from_dict(raw)
     except ConfigError as exc:

@@ -27,6 +27,7 @@ the command's output stays its own, and an error stays one line.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -209,14 +210,10 @@ def _cancel(ray: Any, refs: list[Any]) -> None:
     if not refs:
         return
     for ref in refs:
-        try:
+        with contextlib.suppress(Exception):  # already finished or gone: nothing to cancel
             ray.cancel(ref)
-        except Exception:  # noqa: BLE001 -- already finished or gone: nothing to cancel
-            pass
-    try:
+    with contextlib.suppress(Exception):  # the cluster went away: nothing left to wait for
         ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
-    except Exception:  # noqa: BLE001 -- the cluster went away: nothing left to wait for
-        pass
 
 
 def _cores() -> int:

@@ -675,33 +675,37 @@ def _metrics(rec, class_emb, bench, bias) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 def _load_model(checkpoint, overrides, allow_pickle):
-    from stft_neuro import config as config_mod
     from stft_neuro.checkpoint import load_run
     from stft_neuro.errors import CheckpointError
     model, cfg, meta = load_run(checkpoint)
     if model.spiking is None:
         raise CheckpointError(f"{checkpoint}: no spiking branch (spiking.enabled=false): nothing to simulate")
+    return model.cpu().eval(), _data_overrides(cfg, overrides, allow_pickle, "checkpoint"), meta
+
+
+def _data_overrides(cfg, overrides, allow_pickle, whose: str):
+    """The run's config with the command's ``--set data.*`` overrides and ``--allow-pickle``
+    (nothing else may change: the model is ``whose``)."""
+    from stft_neuro import config as config_mod
+    from stft_neuro.errors import CheckpointError
     if any(not o.startswith("data.") for o in overrides):
-        raise CheckpointError("simulate: only [data] keys can be overridden (the model is the checkpoint's)")
+        raise CheckpointError(f"simulate: only [data] keys can be overridden (the model is the {whose}'s)")
     cfg = config_mod.load(overrides=overrides, base=cfg)
     if allow_pickle:
         cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
-    return model.cpu().eval(), cfg, meta
+    return cfg
 
 
 def _bundle_run(bundle, overrides, allow_pickle):
     """(config, meta-like dict) of the training run a bundle carries (``manifest["run"]``)."""
     from stft_neuro import config as config_mod
-    from stft_neuro.errors import CheckpointError, ConfigError
+    from stft_neuro.errors import ConfigError
     run = bundle.run
-    if any(not o.startswith("data.") for o in overrides):
-        raise CheckpointError("simulate: only [data] keys can be overridden (the model is the bundle's)")
     try:
-        cfg = config_mod.load(overrides=overrides, base=config_mod.from_dict(run["config"]))
+        base = config_mod.from_dict(run["config"])
     except ConfigError as exc:
         raise SimulateError(f"simulate: bundle {bundle.path}: its run configuration: {exc}") from None
-    if allow_pickle:
-        cfg = config_mod.from_dict({"data": {"allow_pickle": True}}, cfg)
+    cfg = _data_overrides(base, overrides, allow_pickle, "bundle")
     meta = {"audio_dim": run["audio_dim"], "visual_dim": run["visual_dim"],
             "class_names": run["class_names"], "progress": {"best_bias": run["calibration_bias"]}}
     return cfg, meta

@@ -50,6 +50,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_label(name: str) -> str:
+    """Where ``train.device`` = ``name`` trains, for reports: ``cpu`` or the CUDA device's name."""
+    device = resolve_device(name)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)

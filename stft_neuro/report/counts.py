@@ -449,7 +449,6 @@ def host_flops(model: Any, seconds: int, lengths: int | None = None) -> dict[str
     from stft_neuro.model.host import valid_mask
 
     model = model.eval()
-    cfg = model.cfg
     S = int(seconds)
     n = torch.tensor([int(lengths or S)])
     a = torch.zeros(1, S, model.audio_dim)
