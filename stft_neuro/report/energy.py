@@ -37,10 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from stft_neuro.hw_targets.loihi2.energy import CHIP_CONSTANTS, DAVIES  # noqa: F401 (re-exported)
 from stft_neuro.report.counts import HostCompute, ReportInputError, RunCounts
 
-DAVIES = ("Davies et al., IEEE Micro 38(1):82-99, 2018, Table 2 (Loihi, 0.75 V); no per-operation "
-          "table is published for Loihi 2")
 HOROWITZ = "Horowitz, ISSCC 2014, 45 nm CMOS, fp32"
 
 
@@ -51,19 +50,14 @@ class Constant:
     source: str
 
 
+_LOIHI = {k: Constant(*v) for k, v in CHIP_CONSTANTS.items()}
+#: Loihi's constants come from ``hw_targets/loihi2/energy.py`` (one table, also used by the
+#: differentiable training-time estimate); the host's are here.
 CONSTANTS: dict[str, Constant] = {
-    "loihi_synop_pj": Constant(23.6, "pJ per synaptic spike op", DAVIES),
-    "loihi_neuron_update_active_pj": Constant(81.0, "pJ per active neuron update", DAVIES),
-    "loihi_neuron_update_inactive_pj": Constant(52.0, "pJ per inactive neuron update", DAVIES),
-    "loihi_spike_within_tile_pj": Constant(1.7, "pJ per within-tile spike", DAVIES),
-    "loihi_hop_ew_pj": Constant(3.0, "pJ per east-west tile hop", DAVIES),
-    "loihi_hop_ns_pj": Constant(4.0, "pJ per north-south tile hop", DAVIES),
+    **{k: v for k, v in _LOIHI.items() if k.startswith("loihi_")},
     "host_fp32_mac_pj": Constant(4.6, "pJ per fp32 multiply-accumulate (3.7 mult + 0.9 add)", HOROWITZ),
     "host_fp32_add_pj": Constant(0.9, "pJ per fp32 add", HOROWITZ),
-    "hops_ew_per_spike_message": Constant(1.0, "east-west hops per spike message",
-                                          "assumption: placement not modelled"),
-    "hops_ns_per_spike_message": Constant(0.0, "north-south hops per spike message",
-                                          "assumption: placement not modelled"),
+    **{k: v for k, v in _LOIHI.items() if not k.startswith("loihi_")},
 }
 
 NOTES = (
