@@ -17,6 +17,10 @@ What it holds:
 - ``threshold_scales[l]``: threshold-mantissa units per float threshold unit of layer ``l``
   (``S_l / 64``, see ``quantize.py``), used to convert the host's threshold cues, and the
   per-layer limits that keep ``vth + theta`` inside Loihi's unsigned 17-bit threshold.
+- ``payload_dead_zone`` ``k`` (sparse messages into the chip): the host sends a payload whose
+  integer ``|q| <= k`` as 0, i.e. not at all (a zero graded spike is not sent and costs no synaptic
+  operation on Loihi). ``k = 0`` (default) is the plain rounding; every backend then refuses a
+  payload inside the dead zone, so a run's records show the plan's dead zone was applied.
 - timing: ``num_steps`` (T, the steps of one sequence), ``dt`` (seconds per step; Loihi has no
   physical step length, so this is a recorded convention that gives NIR time constants a unit),
   and one step of Dense delay per layer (Lava's ``Dense``: layer ``l`` at step ``t`` integrates
@@ -50,6 +54,9 @@ from stft_neuro.hw_targets.loihi2.ste import straight_through
 
 PLAN_FORMAT = "stft-neuro/deployment-plan"
 PLAN_VERSION = 1
+#: The format version of a plan with a payload dead zone (``payload_dead_zone > 0``): older readers,
+#: which would ignore the dead zone, refuse it. A plan without one is written as version 1, unchanged.
+PLAN_VERSION_DEAD_ZONE = 2
 METADATA_KEY = "stft_neuro.plan"
 #: Seconds per algorithmic timestep recorded in plans and NIR exports. Loihi's timestep has no
 #: fixed physical length, so this is a convention: 1e-4 s is snnTorch's and the NIR paper's (snnTorch's
@@ -66,10 +73,14 @@ class DeploymentPlan:
     threshold_scales: tuple[float, ...]
     num_steps: int
     dt: float = DEFAULT_DT_S
+    payload_dead_zone: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold_scales", tuple(float(k) for k in self.threshold_scales))
         object.__setattr__(self, "input_scale", float(self.input_scale))
+        if isinstance(self.payload_dead_zone, bool) or int(self.payload_dead_zone) != self.payload_dead_zone:
+            raise PlanFormatError(f"plan: payload_dead_zone must be an integer, got {self.payload_dead_zone!r}")
+        object.__setattr__(self, "payload_dead_zone", int(self.payload_dead_zone))
         _validate(self)
 
     @classmethod
@@ -123,9 +134,12 @@ class DeploymentPlan:
         """Float input currents ``(..., n_in)`` -> graded payloads (same dtype, integer values).
 
         ``round(x / input_scale)`` (half to even) in float64, clamped to the payload range; larger
-        currents saturate. Gradient ``1 / input_scale`` (straight through)."""
+        currents saturate; then payloads with ``|q| <= payload_dead_zone`` become 0 (not sent).
+        Gradient ``1 / input_scale`` (straight through, dead zone included)."""
         lo, hi = self.payload_range
         exact = torch.round(currents.detach().to(torch.float64) / self.input_scale).clamp_(lo, hi)
+        if self.payload_dead_zone:
+            exact = apply_dead_zone(exact, self.payload_dead_zone)
         return straight_through(currents, exact.to(currents.dtype), 1.0 / self.input_scale)
 
     def theta_to_chip(self, theta: Tensor) -> Tensor:
@@ -143,10 +157,20 @@ class DeploymentPlan:
     # ------------------------------------------------------------------ what a backend accepts
     def check_payload(self, x: Tensor | np.ndarray) -> None:
         """Raise :class:`ChipInputError` unless ``x`` is ``(B, n_in)`` or ``(T, B, n_in)`` finite
-        integers within the ``input_bits`` payload range."""
+        integers within the ``input_bits`` payload range (and, with a dead zone ``k``, none with
+        ``0 < |x| <= k``: the host did not apply the plan's dead zone)."""
         lo, hi = self.payload_range
         _check_integers(x, "payload", self.n_in, "inputs", lo, hi,
                         f"the {self.input_bits}-bit payload range [{lo}, {hi}]")
+        k = self.payload_dead_zone
+        if k:
+            t = _as_tensor(x)
+            bad = (t != 0) & (t.abs() <= k)
+            if bool(bad.any()):
+                idx = tuple(int(i) for i in bad.nonzero()[0])
+                raise ChipInputError(f"payload: {int(bad.sum())} nonzero values inside the plan's dead "
+                                     f"zone |q| <= {k} (the host must send them as 0; first: "
+                                     f"{_fmt(t[idx])} at index {idx})")
 
     def check_theta(self, theta: Tensor | np.ndarray) -> None:
         """Raise :class:`ChipInputError` unless ``theta`` is ``(B, L)`` or ``(T, B, L)`` finite
@@ -182,8 +206,9 @@ class DeploymentPlan:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-ready (also the header of a saved plan)."""
-        return {
-            "format": PLAN_FORMAT, "version": PLAN_VERSION,
+        head = {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION_DEAD_ZONE if self.payload_dead_zone else PLAN_VERSION,
             "input_bits": self.input_bits, "input_scale": self.input_scale,
             "threshold_scales": list(self.threshold_scales), "num_steps": int(self.num_steps),
             "dt": float(self.dt), "sizes": list(self.sizes), "delays": list(self.delays),
@@ -192,6 +217,9 @@ class DeploymentPlan:
                         "num_message_bits": int(layer.num_message_bits)}
                        for layer in self.network.layers],
         }
+        if self.payload_dead_zone:  # absent by default: a plan without one is written as before
+            head["payload_dead_zone"] = int(self.payload_dead_zone)
+        return head
 
     def save(self, path: str | Path) -> Path:
         """Write the plan to ``path`` (a ``.safetensors`` file), atomically; returns the path."""
@@ -235,9 +263,12 @@ class DeploymentPlan:
             raise PlanFormatError(f"{path}: the plan metadata is not valid JSON") from None
         if head.get("format") != PLAN_FORMAT:
             raise PlanFormatError(f"{path}: format {head.get('format')!r} is not {PLAN_FORMAT!r}")
-        if head.get("version") != PLAN_VERSION:
+        dead_zone = bool(head.get("payload_dead_zone", 0))
+        if head.get("version") != (PLAN_VERSION_DEAD_ZONE if dead_zone else PLAN_VERSION):
             raise PlanFormatError(f"{path}: plan format version {head.get('version')!r}; this "
-                                  f"stft-neuro reads version {PLAN_VERSION} (re-export the plan)")
+                                  f"stft-neuro reads version {PLAN_VERSION} (and "
+                                  f"{PLAN_VERSION_DEAD_ZONE} for a plan with a payload dead zone; "
+                                  "re-export the plan)")
         try:
             layers = []
             for l, spec in enumerate(head["layers"]):
@@ -248,7 +279,8 @@ class DeploymentPlan:
                     bias_exp=int(spec["bias_exp"]), num_message_bits=int(spec["num_message_bits"])))
             plan = cls(network=FixedPointNetwork(tuple(layers)), input_scale=float(head["input_scale"]),
                        threshold_scales=tuple(head["threshold_scales"]),
-                       num_steps=int(head["num_steps"]), dt=float(head["dt"]))
+                       num_steps=int(head["num_steps"]), dt=float(head["dt"]),
+                       payload_dead_zone=int(head.get("payload_dead_zone", 0)))
         except KeyError as exc:
             raise PlanFormatError(f"{path}: the plan lacks {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -259,6 +291,11 @@ class DeploymentPlan:
             raise PlanFormatError(f"{path}: layer shapes {plan.sizes} disagree with the recorded "
                                   f"sizes {tuple(head['sizes'])}")
         return plan
+
+
+def apply_dead_zone(payloads: Tensor, k: int) -> Tensor:
+    """Integer payloads with ``|q| <= k`` set to 0 (a new tensor; ``k = 0``: unchanged values)."""
+    return payloads.masked_fill(payloads.abs() <= int(k), 0) if k else payloads.clone()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,6 +357,10 @@ def _validate(plan: DeploymentPlan) -> None:
                         *((f"threshold_scales[{l}]", k) for l, k in enumerate(plan.threshold_scales))):
         if not (math.isfinite(value) and value > 0):
             raise PlanFormatError(f"plan: {name} must be a positive finite number, got {value!r}")
+    lo, hi = plan.payload_range if 1 < int(layers[0].num_message_bits) <= C.INPUT_BITS_MAX else (0, 0)
+    if not 0 <= plan.payload_dead_zone <= max(-lo, hi):
+        raise PlanFormatError(f"plan: payload_dead_zone must lie in [0, {max(-lo, hi)}] (the largest "
+                              f"|payload|), got {plan.payload_dead_zone}")
     if int(plan.num_steps) < 1:
         raise PlanFormatError(f"plan: num_steps must be >= 1, got {plan.num_steps}")
     bits0 = int(layers[0].num_message_bits)

@@ -300,14 +300,15 @@ def quantize_network(layers: Sequence[FloatLayer], input_scale: float, input_bit
 
 def plan_from_float(layers: Sequence[FloatLayer], input_scale: float, input_bits: int,
                     num_steps: int, dt: float = DEFAULT_DT_S, *, weight_clip_percentile: float = 100.0,
-                    threshold_headroom_bits: int = 2, netx_compatible: bool = False
-                    ) -> tuple[DeploymentPlan, QuantizationReport]:
+                    threshold_headroom_bits: int = 2, netx_compatible: bool = False,
+                    payload_dead_zone: int = 0) -> tuple[DeploymentPlan, QuantizationReport]:
     """Float layers -> the :class:`DeploymentPlan` every backend runs, and what quantizing cost.
 
     The only place where integers are computed from float parameters (float64, numpy): deploy-mode
     training wraps this plan's integers with straight-through gradients (:func:`qat_layers`) instead
     of computing them a second time, so the two cannot disagree. ``netx_compatible=True`` makes
     a plan that lava-dl's netx HDF5 can carry exactly (module docstring: what it costs).
+    ``payload_dead_zone``: payloads with ``|q| <= k`` are sent as 0 (``DeploymentPlan``).
     """
     network, report = quantize_network(layers, input_scale, input_bits,
                                        weight_clip_percentile=weight_clip_percentile,
@@ -315,7 +316,7 @@ def plan_from_float(layers: Sequence[FloatLayer], input_scale: float, input_bits
                                        netx_compatible=netx_compatible)
     plan = DeploymentPlan(network=network, input_scale=input_scale,
                           threshold_scales=tuple(i.scales.threshold_scale for i in report.layers),
-                          num_steps=num_steps, dt=dt)
+                          num_steps=num_steps, dt=dt, payload_dead_zone=payload_dead_zone)
     return plan, report
 
 

@@ -79,6 +79,8 @@ class ChipNetwork(nn.Module):
         self.mode = "float"
         self.input_bits = int(input_bits)
         self.netx_compatible = bool(netx_compatible)
+        # Payloads with |q| <= k are sent as 0 (DeploymentPlan.payload_dead_zone; 0: none).
+        self.payload_dead_zone = 0
         self.num_steps, self.dt = int(num_steps), float(dt)
         # Float value of one input payload LSB (deploy mode); 0 until calibrated on data.
         self.register_buffer("input_scale", torch.zeros(()))
@@ -130,11 +132,13 @@ class ChipNetwork(nn.Module):
         if float(self.input_scale) <= 0:
             raise ValueError("ChipNetwork.deployment_plan: calibrate the input scale first")
         key = tuple(p._version for p in (*self.weights, *self.biases)) + tuple(
-            id(p) for p in (*self.weights, *self.biases)) + (float(self.input_scale), self.netx_compatible)
+            id(p) for p in (*self.weights, *self.biases)) + (float(self.input_scale), self.netx_compatible,
+                                                             int(self.payload_dead_zone))
         if self._plan_cache is None or self._plan_cache[0] != key:
             plan, report = quantize.plan_from_float(self.float_layers(), float(self.input_scale),
                                                     self.input_bits, self.num_steps, self.dt,
-                                                    netx_compatible=self.netx_compatible)
+                                                    netx_compatible=self.netx_compatible,
+                                                    payload_dead_zone=int(self.payload_dead_zone))
             self._plan_cache = (key, plan, report)
         return self._plan_cache[1], self._plan_cache[2]
 

@@ -12,7 +12,8 @@ number; ``*_per_step`` lists have one entry per step)::
                    synaptic_events, synaptic_events_per_step, effective_acs,     # weight layers
                    effective_macs, dense_ops, fan_in, synapses, weights,
                    energy_pj {synaptic, neuron_updates, spike_messages, total}}}
-    messages {host_to_chip {payloads, payloads_per_step, theta, theta_per_step, theta_nonzero},
+    messages {host_to_chip {payloads, payloads_per_step, theta, theta_per_step, theta_nonzero,
+                            payload_dead_zone},
               chip_to_host {spikes, spikes_per_step}}
     host {available, why, counted_by, components {name: {flops, macs, estimate_macs, note}}}
     energy {estimate true, unit, chip, host, hybrid_total, ann_all_on_host {...},
@@ -38,7 +39,8 @@ DEFINITIONS = {
                        "booked at the step the presynaptic value was sent",
     "active_updates": "neuron updates that changed the neuron's state (u, v for Loihi CUBA LIF; "
                       "v, and I for CubaLIF, for NIR neurons); inactive_updates: the rest",
-    "host_to_chip": "payloads: nonzero graded input values sent; theta: threshold values sent "
+    "host_to_chip": "payloads: nonzero graded input values sent (with the plan's payload dead zone "
+                    "k, payloads |q| <= k were sent as 0); theta: threshold values sent "
                     "(one per layer per step when thresholds are dynamic)",
     "chip_to_host": "spikes the host reads (every layer with dynamic thresholds, else the last; "
                     "NIR: the nonzero values reaching Output nodes)",
@@ -85,7 +87,8 @@ def build_report(counts: RunCounts, static: Mapping[str, Any], host: Mapping[str
                          "payloads_per_step": _ps(counts.payload_messages, N),
                          "theta": float(counts.theta_messages.sum()) / N,
                          "theta_per_step": _ps(counts.theta_messages, N),
-                         "theta_nonzero": float(counts.theta_nonzero.sum()) / N},
+                         "theta_nonzero": float(counts.theta_nonzero.sum()) / N,
+                         "payload_dead_zone": int(counts.meta.get("payload_dead_zone", 0))},
         "chip_to_host": {"spikes": float(counts.chip_to_host_spikes.sum()) / N,
                          "spikes_per_step": _ps(counts.chip_to_host_spikes, N)},
     }

@@ -40,7 +40,8 @@ number of samples where a per-sample figure is asked for):
 - **NeuroBench membrane updates** (``nb_membrane_updates``): NeuroBench 2.3's ``MembraneUpdates``
   definition: all neurons at step 0, then the neurons whose stored post-reset membrane ``v``
   changed (``neurobench/metrics/workload/membrane_updates.py``).
-- **host -> chip messages[t]**: nonzero payloads sent at step ``t`` (one graded message each), and
+- **host -> chip messages[t]**: nonzero payloads sent at step ``t`` (one graded message each; with
+  the plan's payload dead zone ``k``, the host sent ``|q| <= k`` as 0, so they are not counted), and
   threshold messages: one per layer per sample per step when thresholds are dynamic (every value
   sent, zero or not; ``theta_nonzero`` counts the nonzero ones).
 - **chip -> host spikes[t]**: the spikes the host reads: every layer's when thresholds are dynamic
@@ -227,6 +228,7 @@ def count_plan_run(plan: Any, spikes: Sequence[np.ndarray], payloads: np.ndarray
         result = _count_plan_chunk(plan, sim, weights, [np.zeros((0, T, n), bool) for n in plan.sizes[1:]],
                                    np.zeros((0, T, plan.n_in), np.int64), None, 0, dest_cores)
     result.source = "plan"
+    result.meta["payload_dead_zone"] = int(getattr(plan, "payload_dead_zone", 0))
     return result
 
 
