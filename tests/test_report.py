@@ -295,3 +295,82 @@ def test_build_report_schema_without_host():
     json.dumps(rep)  # JSON-ready
     assert rep["layers"]["l0"]["spikes_per_step"] == [0.0, 1.0, 0.0]
     assert rep["energy"]["host"] is None and rep["messages"]["chip_to_host"]["spikes"] == 1.0
+
+
+# ---------------------------------------------------------------------------------- axes, compare
+
+def _capture_figures(monkeypatch) -> list:
+    """Keep every figure the report draws (instead of only its PNG bytes)."""
+    from stft_neuro.report import html as H
+    figs = []
+    real = H._png
+
+    def keep(fig):
+        figs.append(fig)
+        fig.canvas.draw()   # limits settle as when saved
+        lims = [(ax.get_xscale(), ax.get_yscale(), ax.get_xlim(), ax.get_ylim(), ax.get_title())
+                for ax in fig.axes]
+        fig._kept = lims
+        return real(fig)
+    monkeypatch.setattr(H, "_png", keep)
+    return figs
+
+
+def test_every_plot_has_linear_axes_from_zero(tmp_path, monkeypatch):
+    """Bars and counts on linear axes that start at zero (the signed theta plot includes zero)."""
+    _, plan, _, _, run = real_model_run(tmp_path, B=2)
+    figs = _capture_figures(monkeypatch)
+    assert main(["report", "--run", str(run), "--html", str(tmp_path / "r.html")]) == 0
+    assert len(figs) == 6
+    by_name = dict(zip(("raster", "layers", "activity", "theta", "energy", "loihi_vs_ann"), figs))
+    for name, fig in by_name.items():
+        for xs, ys, xl, yl, title in fig._kept:
+            assert xs == "linear" and ys == "linear", (name, title)
+            if name in ("layers", "activity", "energy", "loihi_vs_ann"):
+                assert yl[0] == 0.0, (name, title, yl)
+            if name == "theta":
+                assert yl[0] <= 0.0 <= yl[1], (name, yl)
+    # the issue's case: a ratio of ~3.5x must look like it (bars from zero)
+    titles = [k[4] for k in by_name["loihi_vs_ann"]._kept]
+    assert any("Loihi / host" in t for t in titles)
+
+
+def _sim_folder(path, plan, x, th, hm):
+    from stft_neuro.hw_targets.loihi2.plan import apply_dead_zone
+    x = apply_dead_zone(x, plan.payload_dead_zone)
+    sp, _ = ReferenceSimulator(plan).run(x, th)
+    return write_run_folder(path, plan, [s.transpose(0, 1).numpy() for s in sp], x.transpose(0, 1).numpy(),
+                            th.transpose(0, 1).numpy(),
+                            {"backend": "reference", "metrics": {"S": hm, "U": hm, "HM": hm, "ZSL": hm}})
+
+
+def test_report_compare_plots_json_and_table(tmp_path, capsys, monkeypatch):
+    import dataclasses
+    from stft_neuro.report.cli import report_run_folder
+    from test_lava_equivalence import payloads, quantized_plan, thetas
+    T, B = 10, 3
+    base = quantized_plan(5, T)
+    x, th = payloads(5, base, T, B), thetas(5, base, T, B)
+    runs = [_sim_folder(tmp_path / "a" / "sim", base, x, th, 31.0),
+            _sim_folder(tmp_path / "b" / "sim", dataclasses.replace(base, payload_dead_zone=50), x, th, 29.5)]
+    figs = _capture_figures(monkeypatch)
+    out_json, out_png, out_html = tmp_path / "c.json", tmp_path / "c.png", tmp_path / "c.html"
+    assert main(["report", "--compare", *map(str, runs), "--json", str(out_json), "--png", str(out_png),
+                 "--html", str(out_html)]) == 0
+    text = capsys.readouterr().out
+    assert "a/sim" in text and "b/sim" in text and "ESTIMATES" in text
+    cmp = json.loads(out_json.read_text())
+    assert cmp["format"] == "stft-neuro/report-compare" and [r["name"] for r in cmp["runs"]] == ["a/sim", "b/sim"]
+    for r, run in zip(cmp["runs"], runs):
+        single = report_run_folder(run)[0]
+        assert r["chip_uj"] == pytest.approx(single["energy"]["chip"] / 1e6)
+        assert r["ann_branch_uj"] == pytest.approx(single["energy"]["ann_all_on_host"]["spiking_branch_as_ann"] / 1e6)
+    assert cmp["runs"][0]["HM"] == 31.0 and cmp["runs"][1]["payload_dead_zone"] == 50
+    assert cmp["runs"][1]["chip_uj"] < cmp["runs"][0]["chip_uj"]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "data:image/png;base64," in out_html.read_text()
+    (fig,) = figs
+    for (xs, ys, xl, yl, _), ref in zip(fig._kept, ("ann_branch_uj", "ann_total_uj")):
+        assert (xs, ys) == ("linear", "linear") and xl[0] == 0.0 and yl[0] == 0.0
+        assert xl[1] >= max(r[ref] for r in cmp["runs"])  # the all-on-host reference is in view
+    rc = main(["report", "--run", str(runs[0]), "--png", str(out_png)])
+    assert rc == 1 and "--png goes with --compare" in capsys.readouterr().err

@@ -34,6 +34,7 @@ EXAMPLES = """\
 examples:
   stft-neuro report --run runs/sim1
   stft-neuro report --run runs/sim1 --json report.json --html report.html --constants energy.toml
+  stft-neuro report --compare runs/sim-a runs/sim-b --png compare.png --json compare.json
 """
 
 
@@ -44,10 +45,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "report", help="counts, NeuroBench metrics and energy estimates of a simulate run",
         description=DESCRIPTION + ", ".join(CONSTANTS) + ".", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, metavar="DIR", help="a `stft-neuro simulate` output folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="DIR", help="a `stft-neuro simulate` output folder")
+    which.add_argument("--compare", nargs="+", metavar="RUN",
+                       help="several simulate output folders: their chip energy and hybrid total "
+                            "against HM on one plot (--png/--html), a table, and --json")
     p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     p.add_argument("--html", default=None, metavar="FILE",
                    help="write a self-contained HTML page (and the plots as PNG files beside it)")
+    p.add_argument("--png", default=None, metavar="FILE", help="--compare: write the plot as PNG")
     p.add_argument("--constants", default=None, metavar="TOML", help="energy constant overrides")
     return p
 
@@ -103,7 +109,8 @@ def report_run_folder(run: str | Path, constants: str | Path | None = None) -> t
     extras = {"sample_spikes": [s[0] for s in rf.spikes] if rf.payloads.shape[0] else None,
               "sample_theta": rf.theta[0] if rf.theta is not None and rf.payloads.shape[0] else None,
               "sample_label": f"sample {int(rf.extra['sample_index'][0])}"
-              if "sample_index" in rf.extra and len(rf.extra["sample_index"]) else "sample 0"}
+              if "sample_index" in rf.extra and len(rf.extra["sample_index"]) else "sample 0",
+              "results": rf.results}
     return rep, extras
 
 
@@ -196,6 +203,10 @@ def _write_dir(rep: dict, extras: Mapping[str, Any], out_dir: str | Path) -> Non
 
 def main(args: argparse.Namespace) -> int:
     """``stft-neuro report``: 0 on success; bad input raises a one-line UserError (exit 1)."""
+    if args.compare:
+        return main_compare(args)
+    if args.png:
+        raise ReportInputError("--png goes with --compare (a --run report writes its PNGs beside --html)")
     rep, extras = report_run_folder(args.run, args.constants)
     print(emit(rep, extras, args.json, args.html))
     for what, p in (("JSON", args.json), ("HTML", args.html)):
@@ -204,3 +215,29 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    """``stft-neuro report --compare RUN ...`` (``report/compare.py``)."""
+    from stft_neuro.report.compare import (compare_runs, format_compare_table, render_compare_png,
+                                           write_compare_html)
+    for p in (args.json, args.png, args.html):
+        if p and not Path(p).parent.is_dir():
+            raise ReportInputError(f"{p}: folder {Path(p).parent} does not exist")
+    cmp = compare_runs(args.compare, args.constants)
+    table = format_compare_table(cmp)
+    print(table)
+    if args.json:
+        write_json_atomic(args.json, cmp)
+        print(f"wrote JSON {args.json}")
+    if args.png or args.html:
+        png = render_compare_png(cmp)
+        if args.png:
+            tmp = Path(args.png).with_name(f".{Path(args.png).name}.tmp")
+            tmp.write_bytes(png)
+            tmp.replace(args.png)
+            print(f"wrote PNG {args.png}")
+        if args.html:
+            write_compare_html(cmp, png, table, args.html)
+            print(f"wrote HTML {args.html}")
+    return 0

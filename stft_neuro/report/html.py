@@ -3,8 +3,10 @@
 Plots (file names): ``raster.png`` (one sample's spikes, every layer), ``layers.png`` (spikes and
 firing rate per layer), ``activity.png`` (spikes and synaptic events per step), ``theta.png``
 (threshold offsets per step of the same sample, or a note that thresholds are static),
-``energy.png`` (host vs chip, chip by part) and ``loihi_vs_ann.png`` (the hybrid on Loihi against
-the spiking branch as an ANN on the host). The page embeds each PNG as base64, carries the tables
+``energy.png`` (host vs chip, chip by part) and ``loihi_vs_ann.png`` (the spiking branch on Loihi
+against the same branch as an ANN on the host, and the hybrid total against everything on the
+host). Every axis is linear and starts at zero, so bar lengths and heights compare as ratios; the
+one exception is ``theta.png``, whose offsets are signed (its axis includes zero and marks it). The page embeds each PNG as base64, carries the tables
 and every energy constant with its source, and needs nothing else to display. A small inline
 script marks on ``<body>`` how many images decoded (``data-images-ok``) and whether any script
 error occurred (``data-script-errors``), so a headless browser can check the page.
@@ -80,6 +82,7 @@ def render_plots(rep: Mapping[str, Any], sample_spikes: Sequence[np.ndarray] | N
     a2.set_title("synaptic events per step (per sample)")
     for a in (a1, a2):
         a.set_xlabel("step")
+        a.set_ylim(bottom=0)
         if a.lines:
             a.legend(fontsize=7)
     out["activity"] = _png(fig)
@@ -89,7 +92,10 @@ def render_plots(rep: Mapping[str, Any], sample_spikes: Sequence[np.ndarray] | N
         th = np.asarray(sample_theta)
         for l in range(th.shape[1]):
             ax.plot(th[:, l], marker=".", label=names[l] if l < len(names) else f"layer {l}")
-        ax.set_title(f"threshold offset theta per step, {sample_label} (mantissa units)")
+        ax.axhline(0.0, color="0.6", linewidth=0.8)   # signed offsets: the axis includes zero
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, 0.0), max(hi, 0.0))
+        ax.set_title(f"threshold offset theta per step, {sample_label} (mantissa units, signed)")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     else:
@@ -112,19 +118,39 @@ def render_plots(rep: Mapping[str, Any], sample_spikes: Sequence[np.ndarray] | N
         ax.annotate("n/a: " + str(rep["host"].get("why", ""))[:60], (1, 0), ha="center",
                     va="bottom", fontsize=7, rotation=90)
     ax.set_ylabel("pJ per sample (estimate)")
+    ax.set_ylim(bottom=0)
     ax.set_title("energy estimate: host vs chip")
     ax.legend(fontsize=7)
     out["energy"] = _png(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ann = e["ann_all_on_host"]
-    ax.bar(["hybrid: Loihi + host", "all on host (ANN)"],
-           [e["hybrid_total"], ann["total_with_host"]], color=["tab:green", "tab:red"])
-    ax.set_ylabel("pJ per sample (estimate)")
-    ax.set_yscale("log" if min(e["hybrid_total"], ann["total_with_host"]) > 0 else "linear")
-    ax.set_title("Loihi hybrid vs the spiking branch as an ANN on the host")
-    out["loihi_vs_ann"] = _png(fig)
+    out["loihi_vs_ann"] = _loihi_vs_ann(plt, rep)
     return out
+
+
+def _loihi_vs_ann(plt, rep: Mapping[str, Any]):
+    """Two panels on linear axes from zero: the spiking branch on Loihi vs the same branch as an
+    ANN on the host, and the hybrid total vs everything on the host; each bar labelled in uJ."""
+    e = rep["energy"]
+    ann = e["ann_all_on_host"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    panels = ((a1, ["chip (Loihi model)", "as an ANN on the host"],
+               [e["chip"], ann["spiking_branch_as_ann"]], "the spiking branch"),
+              (a2, ["hybrid: Loihi + host", "all on the host"],
+               [e["hybrid_total"], ann["total_with_host"]],
+               "the whole model" + ("" if e["host"] is not None else " (host compute not counted)")))
+    for ax, names, values, title in panels:
+        uj = [v / 1e6 for v in values]
+        bars = ax.bar(names, uj, color=["tab:green", "tab:red"])
+        for b, v in zip(bars, uj):
+            ax.annotate(f"{v:.3g} uJ", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom",
+                        fontsize=8)
+        ratio = (f"; Loihi / host = {values[0] / values[1]:.2f}" if values[1] > 0 else "")
+        ax.set_title(f"{title}{ratio}", fontsize=9)
+        ax.set_ylim(0, max(uj + [0.0]) * 1.15 or 1.0)
+        ax.set_ylabel("uJ per sample (estimate)")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("Loihi vs host (estimates: Davies 2018 per-op, no Loihi 2 table; Horowitz 2014)",
+                 fontsize=9)
+    return _png(fig)
 
 
 def write_html(rep: Mapping[str, Any], path: str | Path, plots: Mapping[str, bytes],
