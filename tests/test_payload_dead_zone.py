@@ -236,6 +236,12 @@ def test_report_counts_the_dead_zone_from_what_ran(tmp_path):
         assert reps[k]["messages"]["host_to_chip"]["payloads"] == float((x != 0).sum()) / B
         assert reps[k]["messages"]["host_to_chip"]["payload_dead_zone"] == k
     assert reps[40]["energy"]["chip"] < reps[0]["energy"]["chip"]
+    from stft_neuro.report.build import format_table
+    assert "dead zone |q| <= 40 sent as 0" in format_table(reps[40])
+    assert "dead zone" not in format_table(reps[0])
+    ann = reps[0]["energy"]["ann_all_on_host"]
+    assert ann["chip_over_spiking_branch_as_ann"] == pytest.approx(reps[0]["energy"]["chip"]
+                                                                   / ann["spiking_branch_as_ann"])
 
 
 def test_nir_export_carries_the_dead_zone_as_metadata():

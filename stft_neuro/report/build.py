@@ -127,14 +127,19 @@ def format_table(rep: Mapping[str, Any]) -> str:
         f"{rep['ActivationSparsity']:.4f}, MembraneUpdates {rep['MembraneUpdates']:.1f}",
         f"SynapticOperations: Effective_MACs {so['Effective_MACs']:.1f}, Effective_ACs "
         f"{so['Effective_ACs']:.1f}, Dense {so['Dense']:.1f}",
-        f"host -> chip: {m['host_to_chip']['payloads']:.1f} payloads, {m['host_to_chip']['theta']:.1f} "
-        f"theta values; chip -> host: {m['chip_to_host']['spikes']:.1f} spikes",
+        f"host -> chip: {m['host_to_chip']['payloads']:.1f} payloads"
+        + (f" (dead zone |q| <= {m['host_to_chip']['payload_dead_zone']} sent as 0)"
+           if m['host_to_chip'].get('payload_dead_zone') else "")
+        + f", {m['host_to_chip']['theta']:.1f} theta values; chip -> host: "
+        f"{m['chip_to_host']['spikes']:.1f} spikes",
         "energy ESTIMATES (pJ per sample; Loihi per-op model, Davies 2018 - no Loihi 2 table is "
         "published; host 45 nm, Horowitz 2014):",
         f"  chip {e['chip']:.4g}, host "
         + (f"{e['host']:.4g}" if e['host'] is not None else f"n/a ({rep['host']['why']})")
         + f", hybrid {e['hybrid_total']:.4g}; spiking branch as an ANN on the host "
         f"{e['ann_all_on_host']['spiking_branch_as_ann']:.4g} "
-        f"({e['ann_all_on_host']['spiking_branch_as_ann_macs']:.4g} MACs)",
+        f"({e['ann_all_on_host']['spiking_branch_as_ann_macs']:.4g} MACs)"
+        + (f"; chip / ANN = {e['ann_all_on_host']['chip_over_spiking_branch_as_ann']:.3f}"
+           if e['ann_all_on_host'].get('chip_over_spiking_branch_as_ann') is not None else ""),
     ]
     return "\n".join(lines)

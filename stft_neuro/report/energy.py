@@ -144,7 +144,10 @@ def estimate(counts: RunCounts, host: Mapping[str, HostCompute] | None,
         "host_available": bool(host),
         "ann_all_on_host": {"spiking_branch_as_ann_macs": dense,
                             "spiking_branch_as_ann": dense * c["host_fp32_mac_pj"],
-                            "total_with_host": dense * c["host_fp32_mac_pj"] + host_pj},
+                            "total_with_host": dense * c["host_fp32_mac_pj"] + host_pj,
+                            "chip_over_spiking_branch_as_ann":
+                                chip / (dense * c["host_fp32_mac_pj"]) if dense > 0 and c["host_fp32_mac_pj"] > 0
+                                else None},
         "snn_papers_convention_45nm": {"E_SNN": events * c["host_fp32_add_pj"],
                                        "E_ANN": dense * c["host_fp32_mac_pj"],
                                        "formula": "E_SNN = synaptic events x fp32 add; "
