@@ -323,6 +323,50 @@ def read_netx(path: str | Path) -> dict[str, Any]:
     return {"input_message_bits": None if bits is None else int(bits), "layers": layers}
 
 
+def netx_file_difference(path: str | Path, plan: DeploymentPlan) -> str | None:
+    """The first field in which the netx file at ``path`` differs from what :func:`write_netx`
+    writes for ``plan``, in one line (``/layer/<i>/<dataset>`` path, file value vs plan value);
+    None if the file carries exactly ``plan``. Raises :class:`NetxUnrepresentableError` if netx
+    cannot carry ``plan`` at all."""
+    import h5py
+
+    want = [_encode_layer(l, layer) for l, layer in enumerate(plan.network.layers)]
+    try:
+        got = read_netx(path)
+        with h5py.File(path, "r") as f:
+            header = f.attrs.get(ATTR_PLAN)
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        return f"not a readable netx file ({type(exc).__name__}: {exc})"
+    if got["input_message_bits"] != plan.input_bits:
+        return (f"attribute {ATTR_INPUT_BITS}: {got['input_message_bits']} vs the plan's input bits "
+                f"{plan.input_bits}")
+    if len(got["layers"]) != len(want):
+        return f"/layer: {len(got['layers'])} layers vs the plan's {len(want)}"
+    for l, (g, w) in enumerate(zip(got["layers"], want)):
+        n = w.report["neuron"]
+        scalars = {"type": (g["type"], "dense"), "neuron/type": (g["neuron"], "CUBA"),
+                   "shape": (tuple(g["shape"]), (int(w.weight.shape[0]),)),
+                   "neuron/iDecay": (g["du"] + 1, n["iDecay"]), "neuron/vDecay": (g["dv"], n["vDecay"]),
+                   "neuron/vThMant": (g["vth"], n["vThMant"])}
+        for key, (a, b) in scalars.items():
+            if a != b:
+                return f"/layer/{l}/{key}: {a!r} vs the plan's {b!r}"
+        for key, b in (("weight", w.weight), ("bias", w.bias)):
+            a = np.asarray(g[key])
+            if a.shape != b.shape:
+                return f"/layer/{l}/{key} shape: {a.shape} vs the plan's {b.shape}"
+            bad = a != b
+            if bad.any():
+                j = _first(bad)
+                return f"/layer/{l}/{key} at {j}: {int(a[j])} vs the plan's {int(b[j])}"
+    if header is not None:
+        h = json.loads(header.decode() if isinstance(header, bytes) else str(header))
+        for key, val in plan.to_dict().items():
+            if h.get(key) != val:
+                return f"attribute {ATTR_PLAN} {key}: {h.get(key)!r} vs the plan's {val!r}"
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # Run a file with netx itself
 # ----------------------------------------------------------------------------------------------
@@ -380,6 +424,14 @@ def run_netx(path: str | Path, x: Any, num_steps: int | None = None, *,
 
 def _run_netx_sample(path: Path, x: np.ndarray, bits: int) -> np.ndarray:
     """One sample: ``x`` ``(steps, n_in)`` int64 -> last-layer spikes ``(steps, n_out)`` float32."""
+    return _run_netx_sample_layers(path, x, bits)[-1]
+
+
+def _run_netx_sample_layers(path: Path, x: np.ndarray, bits: int) -> list[np.ndarray]:
+    """One sample through netx's ``Network`` in Lava fixed_pt: ``x`` ``(steps, n_in)`` int64 -> every
+    layer's spikes, ``[(steps, n_l)]`` float32. Each block's ``out`` port (the LIF's ``s_out``, netx
+    ``blocks/process.py`` l.192-195) also feeds an ``Extractor``; an OutPort fans out to every port
+    it is connected to, so the network itself is unchanged."""
     from lava.lib.dl.netx import hdf5
 
     from stft_neuro.sim.lava_runner import _lava
@@ -391,19 +443,21 @@ def _run_netx_sample(path: Path, x: np.ndarray, bits: int) -> np.ndarray:
         if tuple(net.inp.shape) != (x.shape[1],):
             raise ChipInputError(f"payload: {path.name} takes {net.inp.shape[0]} inputs, got {x.shape[1]}")
         injector = lv["Injector"](shape=net.inp.shape)
-        extractor = lv["Extractor"](shape=net.out.shape)
+        extractors = [lv["Extractor"](shape=layer.out.shape) for layer in net.layers]
         injector.out_port.connect(net.inp)
-        net.out.connect(extractor.in_port)
+        for layer, ext in zip(net.layers, extractors):
+            layer.out.connect(ext.in_port)
         cfg = lv["Loihi2SimCfg"](select_tag="fixed_pt", exception_proc_model_map={
             lv["Injector"]: lv["IntInjectorModel"], lv["Extractor"]: lv["PyLoihiExtractorModel"]})
-        out = np.zeros((steps, int(np.prod(net.out.shape))), dtype=np.float32)
+        outs = [np.zeros((steps, int(np.prod(layer.out.shape))), dtype=np.float32) for layer in net.layers]
         sent = received = 0
         try:
             net.run(condition=lv["RunSteps"](num_steps=steps, blocking=False), run_cfg=cfg)
             for t in range(steps):
                 injector.send(x[t].astype(np.float64))
                 sent += 1
-                out[t] = extractor.receive()
+                for out, ext in zip(outs, extractors):
+                    out[t] = ext.receive()
                 received += 1
             net.wait()
         finally:
@@ -414,10 +468,66 @@ def _run_netx_sample(path: Path, x: np.ndarray, bits: int) -> np.ndarray:
                         for _ in range(steps - sent):
                             injector.send(np.zeros(injector.out_port.shape))
                         for _ in range(steps - received):
-                            extractor.receive()
+                            for ext in extractors:
+                                ext.receive()
                         net.wait()
                 finally:
                     net.stop()
     finally:
         net.net_config.f.close()  # netx keeps the HDF5 file open (H l.78, U l.43)
-    return out
+    return outs
+
+
+# ----------------------------------------------------------------------------------------------
+# The netx file as a step-contract backend of the hybrid run (static thresholds)
+# ----------------------------------------------------------------------------------------------
+
+class NetxBackend:
+    """A bundle's netx file, run by lava-dl's own ``lava.lib.dl.netx.hdf5.Network`` in Lava
+    ``fixed_pt``, behind the step contract's ``reset``/``run`` (``stft-neuro simulate --chip-from
+    netx --backend lava``).
+
+    ``plan``: the plan the file carries (``export/bundle.py`` verifies file and plan agree); the
+    host converts its currents with it. netx has no threshold-modulation port, so only static
+    thresholds run: ``run(x, None)`` with the whole sequence (what the host does without dynamic
+    thresholds); ``step`` and a ``theta`` are refused (:class:`ChipInputError`). Each sample is its
+    own ``Network`` and Lava runtime (netx builds one network of one sample; a few seconds of
+    start-up each at the STFT size), stopped on every path; every layer's spikes come back
+    aligned as the reference simulator's (step ``t`` here is its step ``t``)."""
+
+    def __init__(self, path: str | Path, plan: DeploymentPlan) -> None:
+        self.path = Path(path)
+        self._plan = plan
+        info = read_netx(self.path)
+        self.bits = info["input_message_bits"] if info["input_message_bits"] is not None else plan.input_bits
+        self.samples = 0
+
+    @property
+    def plan(self) -> DeploymentPlan:
+        return self._plan
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return self._plan.sizes
+
+    def reset(self, batch: int) -> dict:
+        return {"batch": int(batch)}
+
+    def step(self, x_t, theta_t, state):
+        raise ChipInputError("netx runs whole sequences with static thresholds (no threshold-modulation "
+                             "port): the host must call run(x, None)")
+
+    def run(self, x, theta=None, state=None):
+        import torch
+
+        if theta is not None:
+            raise ChipInputError("theta: a netx file has static thresholds (no threshold-modulation port)")
+        self._plan.check_payload(x)
+        a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        xs = np.rint(a).astype(np.int64)                                  # (T, B, n_in)
+        per_sample = [_run_netx_sample_layers(self.path, xs[:, b], int(self.bits)) for b in range(xs.shape[1])]
+        self.samples += xs.shape[1]
+        dtype = x.dtype if hasattr(x, "dtype") and isinstance(x, torch.Tensor) else torch.float32
+        spikes = tuple(torch.as_tensor(np.stack([s[l] for s in per_sample], axis=1)).to(dtype)
+                       for l in range(len(per_sample[0])))
+        return spikes, state if state is not None else self.reset(xs.shape[1])

@@ -402,22 +402,50 @@ def cmd_export(args) -> int:
     from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
     from stft_neuro.qat import quantization_summary
     host = args.target in ("onnx", "all")  # the host side: carry what simulate needs of the run
-    model, cfg, meta, plan, bench = _frozen_plan(args, with_bench=host)
+    netx = args.target in ("lava", "all")  # the netx file: may need the plan derived for netx
+    model, cfg, meta, plan, bench = _frozen_plan(args, with_bench=host or netx)
     model = model.cpu().eval()
     run = run_description(model, cfg, meta, bench.class_embeddings) if host else None
+    netx_plan, netx_cost = _netx_plan(model, plan, bench, meta, quiet=args.json) if netx else (None, None)
     manifest = export_bundle(model, plan, quantization_summary(model), args.out, args.target,
                              force=args.force, source=str(args.checkpoint), run=run,
                              nir_profile=getattr(args, "nir_profile", "exact"),
+                             netx_plan=netx_plan, netx_cost=netx_cost,
                              progress=None if args.json else print)
     if args.json:
         _print(manifest, True, "")
         return 0
     print(format_resource_report(resource_report(plan.network)))
+    if netx_cost is not None:
+        from stft_neuro.export.netx_plan import format_cost
+        print("\n" + format_cost(netx_cost))
     print(f"\nbundle {args.out} (target {args.target}, from a {'QAT' if meta.get('deploy') else 'float'} run):")
     for name, info in manifest["files"].items():
         print(f"  {name:<24} {info['bytes']:>12,} bytes  sha256 {info['sha256'][:16]}...")
-    print(f"  {'manifest.json':<24} bridge, timing, design rules, checksums")
+    print(f"  {'manifest.json':<24} bridge, timing, design rules, checksums, which plan each file carries")
     return 0
+
+
+def _netx_plan(model, plan, bench, meta, quiet: bool):
+    """(None, None) when netx carries the run's plan; else the plan derived for netx
+    (``export/netx_plan.py``) and its cost against the run's plan: weights zeroed, thresholds
+    coarser, and S/U/HM of both on the stage-2 test split through the reference simulator."""
+    from stft_neuro.export import netx_plan as NP
+    problem = NP.netx_problem(plan)
+    if problem is None:
+        return None, None
+    derived, _ = NP.derive_netx_plan(model.spiking.chip)
+    if not quiet:
+        print(f"netx cannot carry the run's plan ({problem.split(';')[0]}): deriving the netx plan "
+              "from the run with the one quantizer (netx_compatible) and measuring its cost on the "
+              "test split (reference simulator)")
+    cost = {"reason": problem, "static": NP.static_cost(plan, derived),
+            "hm": None, "hm_how": "stage-2 test split, host = the run's torch model, chip = reference "
+                                  "simulator of each plan, closed loop, calibration b of the run"}
+    hm = NP.hm_cost(model, bench, float(meta["progress"]["best_bias"]),
+                    {"run_plan": plan, "netx_plan": derived})
+    cost["hm"] = {**hm, "hm_difference": hm["netx_plan"]["HM"] - hm["run_plan"]["HM"]}
+    return derived, cost
 
 
 def cmd_resources(args) -> int:
@@ -496,33 +524,41 @@ def _dispatch(argv: list[str]) -> int:
     return COMMANDS[args.command](args)
 
 
+#: Samples per test split the demo also runs through the netx file in lava-dl's own Network
+#: (one Lava runtime per sample, ~2.5 s each at the STFT size), against the reference simulator.
+DEMO_NETX_SAMPLES = 2
+
+
 def _demo_deployment(out: Path, bench, float_results: dict, allow_pickle: bool) -> None:
-    """QAT for one epoch, the bundle, the hybrid simulation on the reference simulator and on Lava
-    (a handful of test samples), the metrics side by side, and the report of the Lava run."""
+    """QAT for one epoch, the bundle of every target, the hybrid simulation of the whole test split
+    on the reference simulator and on Lava (the records must be identical: a difference fails the
+    demo), the netx file in lava-dl's own Network against the reference simulator on a few test
+    samples (must be bit-exact), the metrics side by side, and the report of the Lava run."""
+    from stft_neuro.errors import UserError
     from stft_neuro.protocol import GZSLMetrics, format_table
     from stft_neuro.qat import qat_finetune
     print("\n== QAT: one epoch of fine-tuning in Loihi 2 arithmetic (deploy mode) ==")
     qat_dir = out / "qat"
     qat = qat_finetune(out, qat_dir, ["train.epochs=1"], bench=bench)
     print(f"run folder: {qat_dir}")
-    print("\n== export: the deployment bundle of the QAT run (plan + NIR) ==")
+    print("\n== export --target all: the deployment bundle of the QAT run (plan, NIR, netx, ONNX host) ==")
     bundle = out / "bundle"
-    cmd_export(argparse.Namespace(checkpoint=str(qat_dir), target="nir", out=str(bundle), force=True,
+    cmd_export(argparse.Namespace(checkpoint=str(qat_dir), target="all", out=str(bundle), force=True,
                                   json=False, allow_pickle=allow_pickle))
-    print("\n== hybrid simulation: the host and the spiking branch exchange tensors every step ==")
+    print("\n== hybrid simulation of the whole test split: host and spiking branch exchange tensors "
+          "every step; the chip side is built from the bundle's NIR file ==")
     sims = {}
     for backend in ("reference", "lava"):
         sim_dir = out / f"sim-{backend}"
         _dispatch(["simulate", "--bundle", str(bundle), "--checkpoint", str(qat_dir), "--backend", backend,
-                   "--split", "all", "--samples", "4", "--out", str(sim_dir), "--force"])
+                   "--chip-from", "nir", "--split", "all", "--out", str(sim_dir), "--force"])
         sims[backend] = sim_dir
     import numpy as np
     res = {b: json.loads((d / "results.json").read_text()) for b, d in sims.items()}
-    same = all(np.array_equal(np.load(sims["reference"] / "records.npz")[k],
-                              np.load(sims["lava"] / "records.npz")[k])
-               for k in np.load(sims["reference"] / "records.npz").files)
+    with np.load(sims["reference"] / "records.npz") as a, np.load(sims["lava"] / "records.npz") as b:
+        differ = [k for k in a.files if k not in b.files or not np.array_equal(a[k], b[k])]
     n = res["lava"]["samples"]
-    print("\n== float vs QAT vs reference vs Lava-hybrid ==")
+    print("\n== float vs QAT vs reference vs Lava-hybrid (stage-2 test split) ==")
     print(format_table({
         "float (stage 2 test)": GZSLMetrics(**float_results["stage2_test"]),
         "quantized, no fine-tuning (PTQ)": GZSLMetrics(**qat["ptq"]),
@@ -530,14 +566,57 @@ def _demo_deployment(out: Path, bench, float_results: dict, allow_pickle: bool) 
         f"QAT, reference hybrid ({n} samples)": GZSLMetrics(**res["reference"]["metrics"]),
         f"QAT, Lava hybrid ({n} samples)": GZSLMetrics(**res["lava"]["metrics"])}))
     lava_t = res["lava"]["timings"]
-    print(f"(the hybrid rows use {n} test samples only: their S/U/HM are not comparable with the "
-          f"rows above)\nLava and reference records identical (spikes, thetas, payloads, "
-          f"predictions): {same}; Lava bridge {lava_t['bridge_per_step_ms']:.1f} ms per step, "
-          f"start-up {lava_t['startup_s']:.1f} s")
+    print(f"Lava bridge {lava_t['bridge_per_step_ms']:.1f} ms per step (batch of "
+          f"{res['lava']['batch']}), start-up {lava_t['startup_s']:.1f} s")
+    if differ:
+        raise UserError(f"demo: the Lava hybrid run differs from the reference simulator's in "
+                        f"{', '.join(differ)} ({sims['lava']} vs {sims['reference']})")
+    print(f"Lava == reference: every record of the {n} samples identical (spikes of every layer, "
+          "thetas, payloads, predictions)")
+    print("\n== the netx file in lava-dl's own netx.hdf5.Network vs the reference simulator ==")
+    print(_demo_netx_check(bundle, qat_dir, bench))
     print("\n== report of the Lava hybrid run ==")
     _dispatch(["report", "--run", str(sims["lava"]), "--html", str(out / "report.html"),
                "--json", str(out / "report.json")])
     print(f"\nreport: {out / 'report.html'} (and report.json, PNG plots beside it)")
+
+
+def _demo_netx_check(bundle_dir: Path, qat_dir: Path, bench) -> str:
+    """The bundle's netx file, loaded by lava-dl's ``netx.hdf5.Network`` and run in Lava fixed_pt on
+    the host's payloads of a few test samples (static thresholds: netx has no threshold-modulation
+    port), against the reference simulator of the plan the file carries; a difference fails."""
+    import numpy as np
+    import torch
+
+    from stft_neuro.checkpoint import load_run
+    from stft_neuro.converters.netx_out import run_netx
+    from stft_neuro.errors import UserError
+    from stft_neuro.export.bundle import NETX_FILE, load_bundle
+    from stft_neuro.sim.reference import ReferenceSimulator
+    b = load_bundle(bundle_dir)
+    plan = b.netx_plan
+    model, _, _ = load_run(qat_dir)
+    rows = []
+    for name in ("stage_2_test_seen", "stage_2_test_unseen"):
+        split = bench.splits[name]
+        k = min(DEMO_NETX_SAMPLES, len(split.labels))
+        a, v, n = (torch.as_tensor(x[:k]) for x in (split.audio, split.visual, split.lengths))
+        with torch.no_grad():
+            rows.append(plan.encode_input(model.spiking.encode(a, v, n)[0]))
+    x = torch.cat(rows, dim=1)                                           # (T, B, n_in)
+    x = torch.cat([x, x.new_zeros(plan.num_layers, *x.shape[1:])])      # see the last inputs through
+    ref, _ = ReferenceSimulator(plan).run(x)
+    lava = run_netx(b.file(NETX_FILE), x.numpy())
+    same = np.array_equal(lava, ref[-1].numpy())
+    spikes = [int(s.sum()) for s in ref]
+    which = "plan_netx.safetensors, derived for netx" if "plan_netx.safetensors" in b.manifest["files"] \
+        else "the run's plan"
+    if not same:
+        raise UserError(f"demo: the netx file in netx.hdf5.Network differs from the reference simulator "
+                        f"on {x.shape[1]} test samples ({b.file(NETX_FILE)})")
+    return (f"{x.shape[1]} test samples, {x.shape[0]} steps, static thresholds, the plan the file carries "
+            f"({which}): last-layer spikes identical to the reference simulator's "
+            f"(spikes per layer {spikes})")
 
 
 def _deployment_check(run: Path, bench) -> str:

@@ -101,6 +101,7 @@ SPLITS = ("stage_2_test_seen", "stage_2_test_unseen")
 SPLIT_CHOICES = (*SPLITS, "all")
 BACKENDS = ("lava", "reference", "torch")
 HOSTS = ("torch", "onnx")
+CHIP_SOURCES = ("nir", "plan", "netx")
 RECORDS = "records.npz"
 RESULTS = "results.json"
 PLAN_COPY = "plan.safetensors"
@@ -135,6 +136,11 @@ def add_parser(sub: Any) -> None:
                    help="who runs the host side: the checkpoint's torch model, or the bundle's ONNX "
                         "graphs in onnxruntime (default torch); with onnx, a bundle exported with "
                         "--target onnx|all runs without the training checkpoint")
+    p.add_argument("--chip-from", choices=CHIP_SOURCES, default=None,
+                   help="which bundle file the chip side is built from: nir (spiking.nir through "
+                        "plan_from_nir; the default when the bundle has it), plan (plan.safetensors), "
+                        "netx (spiking_netx.h5 through lava-dl's netx.hdf5.Network on --backend lava, "
+                        "the plan it carries on reference; static thresholds only)")
     p.add_argument("--split", default="all", choices=SPLIT_CHOICES)
     p.add_argument("--samples", type=int, metavar="N", help="N samples per split (seeded; default all)")
     p.add_argument("--batch", type=int, default=64, metavar="B", help="samples per batch (default 64)")
@@ -162,7 +168,7 @@ def main(args: Any) -> int:
                file=__import__("sys").stderr)
     try:
         results = simulate(bundle=args.bundle, checkpoint=args.checkpoint, backend=args.backend,
-                           host=args.host, split=args.split, samples=args.samples, batch=args.batch,
+                           host=args.host, chip_from=getattr(args, "chip_from", None), split=args.split, samples=args.samples, batch=args.batch,
                            out=args.out, force=args.force, overrides=args.overrides,
                            allow_pickle=args.allow_pickle, ray=args.ray, ray_workers=args.ray_workers,
                            progress=lambda n, total: (setattr(bar, "total", total), bar.update(n)))
@@ -221,7 +227,7 @@ class _Timed:
 
 
 def simulate(*, bundle: str | None, checkpoint: str | None, backend: str, host: str = "torch",
-             split: str = "all", samples: int | None = None, batch: int = 64, out: str,
+             chip_from: str | None = None, split: str = "all", samples: int | None = None, batch: int = 64, out: str,
              force: bool = False, overrides: list[str] | None = None, allow_pickle: bool = False,
              ray: str | None = None, ray_workers: int | None = None,
              progress: Any = None) -> dict[str, Any]:
@@ -238,14 +244,14 @@ def simulate(*, bundle: str | None, checkpoint: str | None, backend: str, host: 
         old_term = signal.signal(signal.SIGTERM, functools.partial(on_sigterm, os.getpid()))
     try:
         return _simulate(bundle, checkpoint, backend, host, split, samples, batch, out, force,
-                         overrides or [], allow_pickle, ray, ray_workers, progress)
+                         overrides or [], allow_pickle, ray, ray_workers, progress, chip_from)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 
 
 def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, batch, out, force,
-              overrides, allow_pickle, ray_address, ray_workers, progress) -> dict[str, Any]:
+              overrides, allow_pickle, ray_address, ray_workers, progress, chip_from=None) -> dict[str, Any]:
     t_start = time.perf_counter()
     if ray_workers is not None and ray_address is None:
         raise SimulateError("simulate: --ray-workers sizes the local Ray of --ray: give --ray too")
@@ -266,6 +272,16 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
         raise SimulateError("simulate: give --bundle DIR or --checkpoint RUN")
     if host_name == "onnx" and bundle_dir is None:
         raise SimulateError("simulate: --host onnx runs the bundle's ONNX graphs: give --bundle DIR")
+    if chip_from is not None and chip_from not in CHIP_SOURCES:
+        raise SimulateError(f"simulate: unknown --chip-from {chip_from!r} (one of {', '.join(CHIP_SOURCES)})")
+    if chip_from is not None and bundle_dir is None:
+        raise SimulateError("simulate: --chip-from names a file of the bundle: give --bundle DIR")
+    if chip_from is not None and backend_name == "torch":
+        raise SimulateError("simulate: --backend torch runs the checkpoint's own chip module; --chip-from "
+                            "applies to --backend lava|reference")
+    if chip_from == "netx" and ray_address is not None:
+        raise SimulateError("simulate: --chip-from netx runs one netx Network per sample here; "
+                            "leave out --ray")
     out = Path(out)
     if out.exists() and not force:
         raise SimulateError(f"simulate: {out} already exists (choose a new folder, or --force)")
@@ -308,6 +324,9 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
             raise SimulateError(f"simulate: the checkpoint {checkpoint} runs a different deployment plan "
                                 f"than the bundle {bundle_dir} (re-export the bundle from this run)")
         plan = bundle.plan
+    chip_file = None
+    if bundle is not None and backend_name != "torch":
+        plan, chip_from, chip_file = _chip_plan(bundle, chip_from)
     onnx_host = None
     if host_name == "onnx":
         from stft_neuro.export.onnx_host import CUE_FILE, ENCODER_FILE, OnnxHost
@@ -322,6 +341,11 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
         if onnx_host.dynamic_threshold:
             bundle.file(CUE_FILE)
     dynamic = bool(onnx_host.dynamic_threshold if alone else model.spiking.cfg.dynamic_threshold)
+    if chip_from == "netx" and dynamic:
+        raise SimulateError(
+            "simulate --chip-from netx: the run has dynamic thresholds (the host modulates them every "
+            "step) and a netx file has no threshold-modulation port; use --chip-from nir|plan, or "
+            "a run trained with --set spiking.dynamic_threshold=false")
     bias = float(meta["progress"]["best_bias"])
     if alone:
         if tuple(meta["class_names"]) != tuple(bench.class_names):
@@ -353,7 +377,8 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
         t_loop = time.perf_counter()
         startup_s = t_loop - t_start
         if ray_address is None:
-            with _open_backend(backend_name, plan, model, capacity) as (backend, session):
+            netx_file = bundle.path / chip_file if chip_from == "netx" and backend_name == "lava" else None
+            with _open_backend(backend_name, plan, model, capacity, netx_file) as (backend, session):
                 parts = _run_batches(model, onnx_host, backend, _batches_of(bench, picks, int(batch)),
                                      dynamic, progress, total)
                 lava_timing = dict(vars(session.timing)) if session is not None else None
@@ -384,6 +409,7 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
         results = {
             "format": "stft-neuro/simulate", "version": 1,
             "backend": backend_name, "host": host_name,
+            "chip_from": chip_from, "chip_file": chip_file,
             "bundle": None if bundle is None else {
                 "path": str(bundle.path),
                 "manifest_sha256": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest()},
@@ -423,8 +449,37 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
     return results
 
 
+def _chip_plan(bundle, chip_from: str | None):
+    """The plan the chip side runs, built from the bundle file ``chip_from`` names -> (plan, the
+    source, the file). nir: ``plan_from_nir`` of ``spiking.nir`` (the default when the bundle has
+    one: the interchange file is what runs); plan: ``plan.safetensors``; netx: the plan the netx
+    file carries (``load_bundle`` verified file and plan agree; on Lava the file itself runs)."""
+    from stft_neuro.export.bundle import NETX_FILE, NIR_FILE, PLAN_FILE
+    files = bundle.manifest["files"]
+    if chip_from is None:
+        chip_from = "nir" if NIR_FILE in files else "plan"
+    if chip_from == "plan":
+        return bundle.plan, "plan", PLAN_FILE
+    if chip_from == "nir":
+        if NIR_FILE not in files:
+            raise SimulateError(f"simulate --chip-from nir: bundle {bundle.path} has no {NIR_FILE} (exported "
+                                f"with --target {bundle.manifest.get('target')}): use --chip-from plan or "
+                                "re-export with --target nir|all")
+        import nir
+
+        from stft_neuro.converters.nir_out import NIRExportError, plan_from_nir
+        try:
+            return plan_from_nir(nir.read(str(bundle.path / NIR_FILE)), where=NIR_FILE), "nir", NIR_FILE
+        except NIRExportError as exc:
+            raise SimulateError(f"simulate: {exc}") from None
+    if NETX_FILE not in files:
+        raise SimulateError(f"simulate --chip-from netx: bundle {bundle.path} has no {NETX_FILE} (exported "
+                            f"with --target {bundle.manifest.get('target')}): re-export with --target lava|all")
+    return bundle.netx_plan, "netx", NETX_FILE
+
+
 @contextlib.contextmanager
-def _open_backend(name: str, plan, model, capacity: int):
+def _open_backend(name: str, plan, model, capacity: int, netx_file=None):
     """The step-contract backend ``name`` wrapped in :class:`_Timed`, and the
     :class:`~stft_neuro.sim.lava_session.LavaSession` behind it (None for the others). A Lava
     session is closed on every path: normally after the block, forcibly (no draining) after an
@@ -433,6 +488,10 @@ def _open_backend(name: str, plan, model, capacity: int):
     if name == "reference":
         from stft_neuro.sim.reference import ReferenceSimulator
         inner = ReferenceSimulator(plan)
+    elif name == "lava" and netx_file is not None:
+        from stft_neuro.converters.netx_out import NetxBackend
+        _require_lava()
+        inner = NetxBackend(netx_file, plan)
     elif name == "lava":
         from stft_neuro.sim.lava_session import LavaSession
         _require_lava()

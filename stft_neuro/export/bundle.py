@@ -17,6 +17,10 @@ file                       targets      what
                                         (no Delay nodes; ``converters/nir_profiles.py``)
 ``spiking_netx.h5``        lava, all    lava-dl netx HDF5 (``converters/netx_out.py``), loadable by
                                         ``lava.lib.dl.netx.hdf5.Network`` (static thresholds)
+``plan_netx.safetensors``  lava, all    only when netx cannot carry the run's plan: the plan
+                                        derived for netx from the run's float parameters by the
+                                        one quantizer (``export/netx_plan.py``), which the netx
+                                        file carries; its cost is the manifest's ``netx_cost``
 ``host_*.onnx``            onnx, all    the host side (``export/onnx_host.py``): encoder, threshold
                                         cue, readout + transformer + fusion + projection
 ``classes.safetensors``    onnx, all    the class embeddings the host compares against (word2vec
@@ -29,9 +33,16 @@ file                       targets      what
                                         report, and a SHA-256 per file
 =========================  ===========  =========================================================
 
+The manifest's ``plans`` names the plan each file carries: ``plan.safetensors`` (the run's own)
+for the NIR graphs and the ONNX host, ``plan_netx.safetensors`` for the netx file when there is one.
+
 The bundle is written into a temporary sibling folder and renamed into place at the end, so an
 export that fails leaves nothing behind (and an existing ``DIR`` is replaced only with
-``force``). :func:`load_bundle` verifies format version and checksums before anything reads it.
+``force``). :func:`load_bundle` verifies format version and checksums before anything reads it,
+and then that the files describe the same plan (:func:`verify_consistency`): the NIR graphs'
+metadata and parameters (``plan_from_nir``), the netx file's weights, biases, decays and
+thresholds, and the ONNX graphs' baked-in conversion constants each against the plan file they
+carry; the first disagreement is one line naming the file and the field.
 """
 from __future__ import annotations
 
@@ -61,6 +72,7 @@ NIR_FILE = "spiking.nir"
 NETX_FILE = "spiking_netx.h5"
 SNNTORCH_NIR_FILE = "spiking_snntorch.nir"
 CLASSES_FILE = "classes.safetensors"
+NETX_PLAN_FILE = "plan_netx.safetensors"
 
 
 class BundleError(UserError):
@@ -127,6 +139,14 @@ class Bundle:
         without the host side (targets nir, lava) or exported before bundles carried it."""
         return self.manifest.get("run")
 
+    @property
+    def netx_plan(self) -> DeploymentPlan:
+        """The plan the netx file carries: ``plan_netx.safetensors`` when export derived one, else
+        the run's plan."""
+        if NETX_PLAN_FILE in self.manifest["files"]:
+            return DeploymentPlan.load(self.path / NETX_PLAN_FILE)
+        return self.plan
+
     def class_embeddings(self):
         """``(C, E)`` float32 class embeddings in the order of ``run["class_names"]``."""
         from safetensors.numpy import load_file
@@ -178,14 +198,68 @@ def load_bundle(path: str | Path) -> Bundle:
             raise BundleError(f"bundle {path}: {name} is corrupted (SHA-256 differs from the manifest)")
     try:
         plan = DeploymentPlan.load(path / PLAN_FILE)
+        netx_plan = DeploymentPlan.load(path / NETX_PLAN_FILE) if NETX_PLAN_FILE in manifest.get("files", {}) else None
     except PlanFormatError as exc:
         raise BundleError(str(exc)) from None
+    verify_consistency(path, manifest, plan, netx_plan)
     return Bundle(path=path, manifest=manifest, plan=plan)
+
+
+def verify_consistency(path: Path, manifest: dict, plan: DeploymentPlan,
+                       netx_plan: DeploymentPlan | None = None) -> None:
+    """Check that every file of the bundle describes the plan it carries (``plan.safetensors``,
+    or ``plan_netx.safetensors`` for the netx file); raise :class:`BundleError` naming the first
+    file and field that disagree, in one line. The checksums prove the files are the ones
+    exported; this proves they say the same thing (a file edited and re-checksummed is caught)."""
+    from stft_neuro.export.netx_plan import plan_difference
+    files = manifest.get("files", {})
+
+    def fail(name: str, carried: str, what: str):
+        raise BundleError(f"bundle {path}: {name} disagrees with {carried}: {what}")
+
+    if netx_plan is not None:
+        for key in ("input_scale", "input_bits", "sizes", "num_steps", "dt"):
+            if netx_plan.to_dict()[key] != plan.to_dict()[key]:
+                fail(NETX_PLAN_FILE, PLAN_FILE, f"{key}: {netx_plan.to_dict()[key]!r} vs {plan.to_dict()[key]!r}")
+    for name in (NIR_FILE, SNNTORCH_NIR_FILE):
+        if name not in files:
+            continue
+        import nir
+
+        from stft_neuro.converters.nir_out import NIRExportError, plan_from_nir
+        try:
+            graph = nir.read(str(path / name))
+        except Exception as exc:  # noqa: BLE001 - nir/h5py raise many types for a damaged file
+            raise BundleError(f"bundle {path}: {name} is not a readable NIR file ({type(exc).__name__})") from None
+        try:
+            back = plan_from_nir(graph, where=name)
+        except NIRExportError as exc:
+            raise BundleError(f"bundle {path}: {exc}") from None
+        diff = plan_difference(plan, back)
+        if diff is not None:
+            fail(name, PLAN_FILE, diff)
+    if NETX_FILE in files:
+        from stft_neuro.converters.netx_out import NetxUnrepresentableError, netx_file_difference
+        carried = netx_plan if netx_plan is not None else plan
+        try:
+            diff = netx_file_difference(path / NETX_FILE, carried)
+        except NetxUnrepresentableError as exc:
+            raise BundleError(f"bundle {path}: {NETX_PLAN_FILE if netx_plan is not None else PLAN_FILE}: {exc}") from None
+        if diff is not None:
+            fail(NETX_FILE, NETX_PLAN_FILE if netx_plan is not None else PLAN_FILE, diff)
+    onnx_files = sorted(n for n in files if n.endswith(".onnx"))
+    if onnx_files:
+        from stft_neuro.export.onnx_host import baked_constants_difference
+        for name in onnx_files:
+            diff = baked_constants_difference(path / name, plan)
+            if diff is not None:
+                fail(name, PLAN_FILE, diff)
 
 
 def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | Path, target: str,
                   *, force: bool = False, source: str = "", nir_profile: str = "exact",
                   run: tuple[dict, np.ndarray] | None = None,
+                  netx_plan: DeploymentPlan | None = None, netx_cost: dict | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Write the bundle for ``target`` into ``out`` atomically; returns the manifest.
 
@@ -194,7 +268,11 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
     ``nir_profile="snntorch"`` (targets nir and all) also writes ``spiking_snntorch.nir`` beside
     the exact ``spiking.nir``, and refuses (one line) a plan that profile cannot represent.
     ``run``: :func:`run_description`'s result; targets onnx and all write it (``classes.safetensors``
-    and the manifest's ``run``), so that the bundle runs ``simulate`` without the checkpoint."""
+    and the manifest's ``run``), so that the bundle runs ``simulate`` without the checkpoint.
+    ``netx_plan`` (targets lava and all): the plan the netx file carries when netx cannot carry
+    ``plan`` (``export/netx_plan.py``: derived from the run by the one quantizer); written as
+    ``plan_netx.safetensors``, with ``netx_cost`` (what it costs against ``plan``) in the manifest.
+    Without it, a ``plan`` that netx cannot carry is one line naming layer and parameter."""
     from stft_neuro.hw_targets.loihi2.report import resource_report
 
     if target not in TARGETS:
@@ -242,23 +320,36 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
                 nir_files[SNNTORCH_NIR_FILE] = profile_description(plan, nir_profile)
                 say(f"wrote {SNNTORCH_NIR_FILE}")
         netx = None
+        carries: dict[str, str] = {}  # file -> the plan file it carries
+        if target in ("nir", "all"):
+            carries[NIR_FILE] = PLAN_FILE
+            if profile_graph is not None:
+                carries[SNNTORCH_NIR_FILE] = PLAN_FILE
         if target in ("lava", "all"):
             from stft_neuro.converters.netx_out import NetxUnrepresentableError, write_netx
             t0 = time.perf_counter()
+            if netx_plan is not None:
+                rules = resource_report(netx_plan.network)["design_rules"]
+                if not rules["passed"]:
+                    raise UserError(f"export --target {target}: the plan derived for netx breaks "
+                                    f"{rules['errors']} Loihi 2 design rule(s)")
+                netx_plan.save(tmp / NETX_PLAN_FILE)
             try:
-                netx = write_netx(plan, tmp / NETX_FILE)
+                netx = write_netx(netx_plan if netx_plan is not None else plan, tmp / NETX_FILE)
             except NetxUnrepresentableError as exc:
-                raise UserError(f"export --target {target}: {exc}; quantize for netx with "
-                                "`stft-neuro train --qat --from RUN --set spiking.netx_compatible=true`"
-                                ) from None
+                raise UserError(f"export --target {target}: {exc}") from None
+            carries[NETX_FILE] = NETX_PLAN_FILE if netx_plan is not None else PLAN_FILE
             timings[NETX_FILE] = time.perf_counter() - t0
-            say(f"wrote {NETX_FILE}")
+            say(f"wrote {NETX_FILE}" + (f" (the plan derived for netx, {NETX_PLAN_FILE})"
+                                        if netx_plan is not None else ""))
         onnx = None
         if target in ("onnx", "all"):
             from stft_neuro.export.onnx_host import export_host_onnx
             t0 = time.perf_counter()
             onnx = export_host_onnx(model, plan, tmp)
             timings["onnx"] = time.perf_counter() - t0
+            for role_file in sorted(set(onnx["roles"].values())):
+                carries[role_file] = PLAN_FILE
             say("wrote the host ONNX graphs")
             if run is not None:
                 from safetensors.numpy import save_file
@@ -276,6 +367,8 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             "host": {"dynamic_threshold": spiking_cfg.dynamic_threshold, "tsf": spiking_cfg.tsf,
                      "glp": spiking_cfg.glp, "onnx": onnx},
             "netx": netx, "nir": nir_files,
+            "plans": _plans_entry(carries, netx_plan is not None),
+            "netx_cost": netx_cost if netx_plan is not None else None,
             "run": run[0] if run is not None and onnx is not None else None,
             "quantization": quant_summary,
             "design_rules": resources["design_rules"], "resources": resources.get("totals"),
@@ -288,6 +381,18 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _plans_entry(carries: dict[str, str], derived: bool) -> dict:
+    """The manifest's ``plans``: each plan file, what it is, and the files that carry it."""
+    out = {PLAN_FILE: {"what": "the run's own deployment plan (model.spiking.deployment_plan())",
+                       "carried_by": sorted(f for f, p in carries.items() if p == PLAN_FILE)}}
+    if derived:
+        out[NETX_PLAN_FILE] = {
+            "what": "the plan derived for netx from the run's float parameters by the one quantizer "
+                    "(quantize.plan_from_float(..., netx_compatible=True)); cost: netx_cost",
+            "carried_by": sorted(f for f, p in carries.items() if p == NETX_PLAN_FILE)}
+    return out
 
 
 def json_default(obj):

@@ -196,6 +196,62 @@ def _plan_constants(plan: DeploymentPlan | None) -> dict[str, Any] | None:
             "sizes": list(plan.sizes), "num_steps": int(plan.num_steps)}
 
 
+#: The constants a graph role bakes in (the rest of ``_plan_constants`` is description).
+_BAKED = {"encoder": ("input_scale", "payload_range"), "cue0": ("threshold_scales", "theta_range"),
+          "cue": ("threshold_scales", "theta_range"), "readout": ()}
+
+
+def baked_constants_difference(path: str | Path, plan: DeploymentPlan) -> str | None:
+    """The first way the host graph at ``path`` does not convert with ``plan``, in one line; None
+    if it does. Checks the graph's metadata (``plan`` constants, :data:`METADATA_KEY`) and the
+    constants the exporter baked into the graph itself: the encoder's float64 ``input_scale`` and
+    payload bounds, the cue graphs' float64 per-layer ``threshold_scales`` and theta bounds (found
+    among the graph's float64 initializers and Constant nodes by value: ``torch.onnx`` names them
+    freely)."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a damaged file
+        return f"not a readable ONNX graph ({type(exc).__name__})"
+    meta = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+    try:
+        desc = json.loads(meta) if meta else None
+    except json.JSONDecodeError:
+        desc = None
+    if not isinstance(desc, dict):
+        return f"metadata {METADATA_KEY}: missing or not JSON"
+    want = _plan_constants(plan)
+    got = desc.get("plan") or {}
+    for key, val in want.items():
+        if got.get(key) != val:
+            return f"metadata {METADATA_KEY} plan.{key}: {got.get(key)!r} vs {val!r}"
+    f64 = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            f64 += [numpy_helper.to_array(a.t) for a in node.attribute
+                    if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == onnx.TensorProto.DOUBLE]
+    values = [np.asarray(a, np.float64).ravel() for a in f64]
+
+    def present(vec) -> bool:
+        v = np.asarray(vec, np.float64).ravel()
+        return any(a.shape == v.shape and np.array_equal(a, v) for a in values)
+
+    for key in _BAKED.get(desc.get("role"), ()):
+        if key == "payload_range":
+            ok = present([want[key][0]]) and present([want[key][1]])
+        elif key == "theta_range":
+            ok = present([r[0] for r in want[key]]) and present([r[1] for r in want[key]])
+        elif key == "input_scale":
+            ok = present([want[key]])
+        else:
+            ok = present(want[key])
+        if not ok:
+            return f"baked-in constant {key}: the graph holds no float64 constant equal to the plan's {want[key]!r}"
+    return None
+
+
 def _check_export_args(model: STFT, plan: DeploymentPlan | None) -> None:
     if not isinstance(model, STFT):
         raise UserError(f"export_host_onnx: expected an STFT model, got {type(model).__name__}")
@@ -560,7 +616,9 @@ class OnnxHost:
             if plan is None:
                 raise UserError("OnnxHost: the graphs send Loihi integers of a plan; the backend is a float "
                                 "backend (plan None)")
-            if _plan_constants(plan) != self.description["plan"]:
+            mine, theirs = self.description["plan"], _plan_constants(plan)
+            keys = [k for k in mine if self.dynamic_threshold or k not in ("threshold_scales", "theta_range")]
+            if any(mine[k] != theirs[k] for k in keys):  # static thresholds: no cue graph converts theta
                 raise UserError("OnnxHost: the backend runs a different deployment plan than the one the "
                                 "host graphs were exported with (input scale, threshold scales or sizes differ)")
         elif plan is not None:
