@@ -1,0 +1,166 @@
+"""Fewer steps (issue 17, part 3), *measured offline*: what a per-sample early exit would give.
+
+Not the early exit itself (that belongs in the hybrid loop, ``stft_neuro/simulate.py``, with
+finished samples dropping out of the batch); this measures its potential on a trained (QAT) run,
+on the reference simulator, with the host's own readout:
+
+- Every sample runs all ``T`` steps closed loop (the spikes of step ``t`` do not depend on later
+  steps, so the first ``n`` steps of a full run are exactly what a run stopped after ``n`` steps
+  produced). After each step ``t`` the host's prediction is recomputed as if the run had stopped
+  there: the TSF readout of the last layer's spikes with the steps after ``t`` empty, the fusion
+  with the transformer and the nearest class embedding (calibration ``b`` of the run).
+- Rule: stop after step ``t >= L + m`` (``L`` layers: the last layer's first input arrives at step
+  ``L``) when the prediction has not changed for ``m`` steps
+  (``pred[t] == pred[t-1] == ... == pred[t-m]``); ``m`` is calibrated on the stage-1 validation
+  samples as the smallest patience whose predictions agree with the full run's on >= 99 %
+  (and, for comparison, >= 95 %).
+- On the stage-2 test samples: HM with the early-exit predictions, mean steps run, and the chip's
+  energy per sample over the steps that ran (``hw_targets/loihi2/energy.py``: exact counts of the
+  truncated runs; an **estimate** in energy, Davies 2018 per-op model); and a fixed ``T' < T``
+  for every sample for comparison.
+
+Usage: ``OMP_NUM_THREADS=1 python bench/bench_early_exit.py RUN --out bench/results/early_exit.json``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stft_neuro.checkpoint import load_run
+from stft_neuro.data import load_benchmark
+from stft_neuro.hw_targets.loihi2.energy import chip_energy
+from stft_neuro.hw_targets.loihi2.weights import lava_effective_weights
+from stft_neuro.model.host import valid_mask
+from stft_neuro.protocol import distances, harmonic_mean, mean_per_class_accuracy, predict
+from stft_neuro.sim.reference import ReferenceSimulator
+
+from bench_payload_sparsity import cpu_name
+
+AGREEMENTS = (0.99, 0.95)
+
+
+@torch.no_grad()
+def per_step(model, bench, plan, names, bias, batch=128):
+    """-> preds (T, N) as if stopped after each step, labels (N,), payloads, spikes, theta."""
+    br = model.spiking
+    sim = ReferenceSimulator(plan)
+    class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings)).numpy()
+    seen, unseen = bench.seen(2), bench.unseen(2)
+    candidates = np.concatenate([seen, unseen])
+    preds, labels, xs, sps, ths = [], [], [], [], []
+    for name in names:
+        sp = bench.splits[name]
+        for i in range(0, len(sp.labels), batch):
+            a, v, n = (torch.as_tensor(np.asarray(t[i:i + batch])) for t in (sp.audio, sp.visual, sp.lengths))
+            r = model.transformer(a, v, valid_mask(n, a.shape[1]))
+            x, g = br.encode(a, v, n)
+            rec = br.drive(x, g, sim)
+            last = rec.spikes[-1]
+            T = last.shape[0]
+            step = torch.arange(T)[:, None, None]
+            p = []
+            for t in range(T):
+                s = br.readout(torch.where(step <= t, last, torch.zeros_like(last)))
+                dist = distances(model.joint_from(r, s).numpy(), class_emb)
+                p.append(predict(dist, candidates, seen, bias))
+            preds.append(np.stack(p))
+            labels.append(np.asarray(sp.labels[i:i + batch]))
+            xs.append(plan.encode_input(x))
+            sps.append(rec.spikes)
+            ths.append(rec.theta)
+    spikes = [torch.cat([s[l] for s in sps], 1) for l in range(plan.num_layers)]
+    theta = None if ths[0] is None else torch.cat(ths, 1)
+    return np.concatenate(preds, 1), np.concatenate(labels), torch.cat(xs, 1), spikes, theta
+
+
+def exit_steps(preds: np.ndarray, m: int, first: int = 0) -> np.ndarray:
+    """Steps run per sample (1..T) under patience ``m``, counted from step ``first`` (the step
+    at which the last layer first receives anything: the number of layers, one Dense delay each)."""
+    T, N = preds.shape
+    out = np.full(N, T)
+    for i in range(N):
+        for t in range(first + m, T):
+            if np.all(preds[t - m:t + 1, i] == preds[t, i]):
+                out[i] = t + 1
+                break
+    return out
+
+
+def hm_of(pred, labels, seen) -> tuple[float, float, float]:
+    is_seen = np.isin(labels, seen)
+    s = mean_per_class_accuracy(pred[is_seen], labels[is_seen])
+    u = mean_per_class_accuracy(pred[~is_seen], labels[~is_seen])
+    return 100 * s, 100 * u, 100 * harmonic_mean(s, u)
+
+
+def energy_steps(plan, x, spikes, theta, steps: np.ndarray) -> float:
+    """Chip uJ per sample when sample ``i`` runs ``steps[i]`` steps (exact counts, grouped)."""
+    w = [torch.as_tensor(lava_effective_weights(layer.weight)).double() for layer in plan.network.layers]
+    total = 0.0
+    for n in np.unique(steps):
+        idx = torch.as_tensor(np.nonzero(steps == n)[0])
+        e = chip_energy(x[:n, idx], [s[:n, idx] for s in spikes], w, plan=plan,
+                        theta=None if theta is None else theta[:n, idx])
+        total += float(e.total_uj) * len(idx)
+    return total / len(steps)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run")
+    p.add_argument("--out", default=None)
+    p.add_argument("--dead-zone", type=int, default=0, help="the plan's payload dead zone")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    model, cfg, meta = load_run(args.run)
+    model.eval()
+    bias = float(meta["progress"]["best_bias"])
+    bench = load_benchmark(cfg.data)
+    model.spiking.chip.payload_dead_zone = args.dead_zone
+    plan, _ = model.spiking.deployment_plan()
+    T = plan.num_steps
+    seen = bench.seen(2)
+    val, _, _, _, _ = per_step(model, bench, plan, ("stage_1_val_seen", "stage_1_val_unseen"), bias)
+    first = plan.num_layers
+    agree = {m: float(np.mean(val[exit_steps(val, m, first) - 1, np.arange(val.shape[1])] == val[-1]))
+             for m in range(1, T - first)}
+    test, labels, x, spikes, theta = per_step(model, bench, plan, ("stage_2_test_seen", "stage_2_test_unseen"),
+                                              bias)
+    N = test.shape[1]
+    full = hm_of(test[-1], labels, seen)
+    rows = [{"rule": "full T", "steps_mean": float(T), "S": full[0], "U": full[1], "HM": full[2],
+             "chip_uj": energy_steps(plan, x, spikes, theta, np.full(N, T))}]
+    patience, histogram = {}, {}
+    for target in AGREEMENTS:
+        m = min([k for k, a in agree.items() if a >= target], default=T - first)
+        steps = exit_steps(test, m, first)
+        early = hm_of(test[steps - 1, np.arange(N)], labels, seen)
+        patience[str(target)] = m
+        histogram[str(target)] = {int(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True))}
+        rows.append({"rule": f"early exit, patience {m} (validation agreement >= {target})",
+                     "steps_mean": float(steps.mean()), "S": early[0], "U": early[1], "HM": early[2],
+                     "agreement_with_full": float(np.mean(test[steps - 1, np.arange(N)] == test[-1])),
+                     "chip_uj": energy_steps(plan, x, spikes, theta, steps)})
+    for Tp in (4, 6, 8):
+        r = hm_of(test[Tp - 1], labels, seen)
+        rows.append({"rule": f"fixed T' = {Tp}", "steps_mean": float(Tp), "S": r[0], "U": r[1], "HM": r[2],
+                     "agreement_with_full": float(np.mean(test[Tp - 1] == test[-1])),
+                     "chip_uj": energy_steps(plan, x, spikes, theta, np.full(N, Tp))})
+    out = {"run": str(args.run), "cpu": cpu_name(), "torch_threads": 1, "estimate": True,
+           "payload_dead_zone": args.dead_zone, "T": T, "test_samples": N,
+           "validation_agreement_by_patience": agree, "patience": patience,
+           "steps_run_histogram": histogram,
+           "rows": rows, "wall_s": time.time() - t0}
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
