@@ -210,13 +210,18 @@ def plan_from_nir(graph: "nir.NIRGraph", where: str = "NIR graph") -> Deployment
             raise NIRExportError(f"{where}: {synapse}_{l} weights are not integers << (weight_exp + 6): "
                                  "the file's float parameters disagree with its fixed-point metadata")
         f_du, f_dv = decay_to_float(du, dv)
+        b_eff = effective_bias(bias_mant, bias_exp).astype(np.float64)
         checks = {"v_threshold": (lif.v_threshold, float(vth << C.VTH_SHIFT)),
                   "tau_syn": (lif.tau_syn, dt / f_du),
                   "tau_mem": (lif.tau_mem, dt / f_dv),
-                  "v_leak": (lif.v_leak, effective_bias(bias_mant, bias_exp) / f_dv)}
+                  "v_leak": (lif.v_leak, b_eff / f_dv if profile == "exact" else np.zeros_like(b_eff))}
+        if profile == "snntorch":  # the bias rides on the synaptic current (nir_profiles: "Biases")
+            got_bias = getattr(affine, "bias", None)
+            checks[f"{synapse}_{l}.bias"] = (np.zeros_like(b_eff) if got_bias is None else got_bias, b_eff * f_du)
         for name, (got, want) in checks.items():
             if not np.allclose(np.asarray(got, np.float64), want, rtol=1e-9, atol=0):
-                raise NIRExportError(f"{where}: lif_{l}.{name} disagrees with its fixed-point "
+                field = name if "." in name else f"lif_{l}.{name}"
+                raise NIRExportError(f"{where}: {field} disagrees with its fixed-point "
                                      "metadata (was the file edited?)")
         layers.append(FixedPointLayer(
             name=str(spec["name"]), weight=np.round(w).astype(np.int64), weight_exp=exp, du=du, dv=dv,

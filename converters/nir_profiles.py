@@ -24,7 +24,8 @@ loads it (read from their source, snnTorch 1.0.0 and nirtorch 2.6 as installed h
 ``linear_l -> lif_l`` and one ``output`` (the last layer's spikes):
 
 - ``nir.Linear`` (no bias, so nirtorch's Affine bug cannot bite) with the exact profile's weights
-  ``W << (weight_exp + 6)``; ``CubaLIF`` with ``tau_syn = 1e-4/du``, ``w_in = 1/du``,
+  ``W << (weight_exp + 6)`` for a layer without biases; ``nir.Affine`` with bias ``b * du`` for a
+  layer with biases (node name ``linear_l`` either way; see "Biases" below); ``CubaLIF`` with ``tau_syn = 1e-4/du``, ``w_in = 1/du``,
   ``tau_mem = 1e-4/dv``, ``r = 1/dv = tau_mem/1e-4``, ``v_leak = 0``, ``v_threshold = vth << 6``,
   ``v_reset = 0``: in snnTorch's ``dt`` the same per-step decays as the plan (``dt`` in the
   metadata is 1e-4 s; the plan's own ``dt`` stays in the plan JSON).
@@ -40,10 +41,22 @@ loads it (read from their source, snnTorch 1.0.0 and nirtorch 2.6 as installed h
 - **Float, not fixed point.** The consumers compute in float32 what Lava's ``floating_pt`` computes;
   Lava ``fixed_pt`` (and the reference simulator) truncate the decays and the weight exponent.
   All parameters are integers below 2**24 in these units, so float32 holds them exactly.
-- **Refused** (:class:`NIRProfileError`, one line): any nonzero bias. snnTorch needs
-  ``v_leak = 0``; a bias on the synaptic current (an Affine bias) is another neuron when
-  ``du < 1`` (it is low-pass filtered), and with the Dense delays dropped it would act ``l`` steps
-  early in layer ``l`` even when ``du = 1``. Decays outside ``(0, 1]`` are refused as in the exact
+- **Biases: a documented approximation** (issue 18). The deployed neuron adds its bias ``b`` to
+  ``v`` every step; snnTorch's importer asserts ``v_leak = 0``, so the only place left is the
+  synaptic current: an ``Affine`` bias ``c`` enters ``syn`` every step and reaches ``mem`` as
+  ``c (1 - alpha**(t+1)) / (1 - alpha)``. With ``c = b * du`` (``du = 1 - alpha``) that is exactly
+  ``b`` in the steady state and less in the first steps (``1 - alpha**(t+1)`` of it: 25 %, 44 %,
+  58 %, ... at ``du = 0.25``). No exact form exists: constant ``b`` per step through a filter with
+  ``alpha > 0`` needs a bias that changes with time, and snnTorch has no ``v_leak``. Second, with
+  the Dense delays dropped, the deployed layer ``l`` has integrated its bias for ``l`` steps
+  before its first input arrives and the profile's layer has not. Bias-free layers stay exact
+  (``Linear``). Measured on trained runs (README, "Export and NIR interchange";
+  ``tests/test_nir_consumers.py``): agreement with Loihi fixed point at lag ``l`` within about
+  one point of the bias-free profile's in every layer. The metadata (``stft_neuro.bias_form``)
+  and the manifest say so. A consumer that wants the exact network must train with ``--set
+  spiking.bias=false``. nirtorch users must map ``nir.Affine`` themselves (its default map leaves
+  the bias at torch's random initialisation; e.g. ``snntorch.import_nir._nir_to_snntorch_module``).
+- **Refused** (:class:`NIRProfileError`, one line): decays outside ``(0, 1]``, as in the exact
   profile.
 - **Reload.** Every ``lif_l`` keeps the exact profile's integer metadata and the graph keeps the
   plan, so :func:`converters.nir_out.plan_from_nir` rebuilds exactly the same plan from either
@@ -79,7 +92,14 @@ DENSE_DELAY_DOC = ("not in this graph: the deployed network's Dense delays (plan
                    "per layer in Lava) are left out because snnTorch and nirtorch cannot load "
                    "nir.Delay. Fed the same inputs from step 0, layer l (1-based) of this graph "
                    "spikes at step t where the deployed layer l spikes at step t + lag_steps[l-1] "
-                   "(exact in float: biases are zero and every state starts at zero)")
+                   "(exact in float for layers without biases: every state starts at zero; "
+                   "approximate for layers with biases, see stft_neuro.bias_form)")
+BIAS_DOC = ("layers with biases: nir.Affine bias = bias * du on the synaptic current (snnTorch needs "
+            "v_leak = 0), which equals the deployed per-step bias on v in the steady state and "
+            "(1 - (1 - du)**(t+1)) of it at step t; and the deployed layer l has integrated its bias "
+            "for lag_steps[l-1] steps before its first input, this graph's has not: an approximation "
+            "(train with spiking.bias=false for an exact graph); layers without biases: nir.Linear, exact")
+BIAS_FREE_DOC = "no biases: every synapse is a nir.Linear; the graph is exact up to the documented lag"
 THETA_DOC = ("absent: NIR has no threshold-modulation port; thresholds are the static vth << 6, "
              "so a plan run with dynamic thresholds spikes differently here")
 OUTPUT_DOC = ("one Output, the last layer's spikes (nirtorch 2.6 does not return from a graph with "
@@ -96,17 +116,15 @@ def lag_steps(plan: DeploymentPlan) -> tuple[int, ...]:
     return tuple(int(x) for x in np.cumsum(plan.delays))
 
 
+def has_bias(plan: DeploymentPlan) -> bool:
+    """True if any layer of ``plan`` has a nonzero bias (the snntorch profile is then approximate)."""
+    return any(effective_bias(layer.bias_mant, layer.bias_exp).any() for layer in plan.network.layers)
+
+
 def snntorch_problems(plan: DeploymentPlan) -> list[str]:
     """Every reason the snntorch profile would misrepresent ``plan`` (empty: it can be written)."""
     problems = []
     for layer in plan.network.layers:
-        bias = effective_bias(layer.bias_mant, layer.bias_exp)
-        nonzero = int(np.count_nonzero(bias))
-        if nonzero:
-            problems.append(f"layer {layer.name} has a nonzero bias on {nonzero} of {bias.size} "
-                            "neurons (snnTorch's CubaLIF needs v_leak = 0, and without the Dense "
-                            "delay a bias would act before the layer's first input; train with "
-                            "--set spiking.bias=false for a bias-free plan)")
         du, dv = decay_to_float(layer.du, layer.dv)
         if not (0 < du <= 1 and 0 < dv <= 1):
             problems.append(f"layer {layer.name} has decays du = {du}, dv = {dv} outside (0, 1] "
@@ -135,7 +153,11 @@ def plan_to_snntorch_nir(plan: DeploymentPlan) -> "nir.NIRGraph":
         ones = np.ones(n)
         weight = (lava_effective_weights(layer.weight).astype(np.float64)
                   * 2.0 ** (layer.weight_exp + C.ACT_SHIFT))  # (n_out, n_in), LSBs per input unit
-        nodes[f"linear_{l}"] = nir.Linear(weight=weight)
+        bias = effective_bias(layer.bias_mant, layer.bias_exp).astype(np.float64)
+        if bias.any():  # the documented approximation (module doc, "Biases")
+            nodes[f"linear_{l}"] = nir.Affine(weight=weight, bias=bias * du)
+        else:
+            nodes[f"linear_{l}"] = nir.Linear(weight=weight)
         nodes[f"lif_{l}"] = nir.CubaLIF(
             tau_syn=ones * dt / du, tau_mem=ones * dt / dv, r=ones / dv, v_leak=np.zeros(n),
             v_threshold=ones * float(int(layer.vth) << C.VTH_SHIFT), v_reset=np.zeros(n),
@@ -149,7 +171,8 @@ def plan_to_snntorch_nir(plan: DeploymentPlan) -> "nir.NIRGraph":
                 "stft_neuro.plan": json.dumps(plan.to_dict()),
                 "stft_neuro.dense_delay": DENSE_DELAY_DOC,
                 "stft_neuro.lag_steps": np.asarray(lag_steps(plan), dtype=np.int64),
-                "stft_neuro.theta_input": THETA_DOC, "stft_neuro.outputs": OUTPUT_DOC}
+                "stft_neuro.theta_input": THETA_DOC, "stft_neuro.outputs": OUTPUT_DOC,
+                "stft_neuro.bias_form": BIAS_DOC if has_bias(plan) else BIAS_FREE_DOC}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=True)
 
 
@@ -164,6 +187,7 @@ def profile_description(plan: DeploymentPlan, profile: str) -> dict:
                          "nirtorch.nir_to_torch (nirtorch 2.6; the caller maps CubaLIF)"],
             "dense_delays": DENSE_DELAY_DOC, "lag_steps": list(lag_steps(plan)),
             "threshold_modulation": THETA_DOC, "outputs": OUTPUT_DOC,
+            "exact": not has_bias(plan), "bias_form": BIAS_DOC if has_bias(plan) else BIAS_FREE_DOC,
             "reload": "converters.nir_out.plan_from_nir rebuilds the exact plan"}
 
 

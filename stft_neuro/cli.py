@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="targets:\n"
                "  nir    plan.safetensors + spiking.nir (Affine -> Delay -> CubaLIF per layer; the "
                "integer\n         parameters and the threshold-modulation input in metadata)\n"
-               "  lava   plan.safetensors + spiking_netx.h5 (lava-dl netx; static thresholds)\n"
+               "  lava   plan.safetensors + spiking_netx.h5 (lava-dl netx; static thresholds); when\n"
+               "         netx cannot carry the run's plan, the plan derived for netx by the one\n"
+               "         quantizer (plan_netx.safetensors), its cost printed and in the manifest\n"
                "  onnx   plan.safetensors + host_*.onnx (encoder, threshold cue, readout)\n"
                "  all    everything; manifest.json (bridge, timing, design rules, SHA-256 per file)\n"
                "         is always written. Nothing is left behind if the export fails.\n"
@@ -133,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  exact     spiking.nir only (the default; faithful, Delay nodes)\n"
                "  snntorch  also spiking_snntorch.nir, which snnTorch's import_from_nir and\n"
                "            nirtorch's nir_to_torch load: no Delay nodes (layer l runs l steps\n"
-               "            ahead of the deployed one), static thresholds, one Output; refuses\n"
-               "            a plan with nonzero biases")
+               "            ahead of the deployed one), static thresholds, one Output; biases\n"
+               "            as an Affine bias on the synaptic current (an approximation, see\n"
+               "            the manifest; exact for runs trained with spiking.bias=false)")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder written by train")
     p.add_argument("--target", required=True, choices=("nir", "lava", "onnx", "all"))
     p.add_argument("--nir-profile", default="exact", choices=("exact", "snntorch"),
