@@ -189,3 +189,39 @@ def test_energy_gradient_lowers_the_count(deployed):
         e.backward()
         opt.step()
     assert values[-1] < values[0]
+
+
+def test_float_mode_estimate_counts_and_has_gradients():
+    """Float weights and float-mode spikes: the count is the definition's, computed by hand, and
+    the gradients reach the float weights (surrogate of "nonzero") and the spikes."""
+    g = torch.Generator().manual_seed(0)
+    T, B, sizes = 3, 2, (6, 5, 4)
+    x = torch.randint(-3, 4, (T, B, sizes[0]), generator=g).double().requires_grad_(True)
+    w = [(torch.randn(sizes[l + 1], sizes[l], generator=g, dtype=torch.float64)
+          * (torch.rand(sizes[l + 1], sizes[l], generator=g) < 0.6)).requires_grad_(True)
+         for l in range(2)]
+    s = [(torch.rand(T, B, n, generator=g) < 0.4).double().requires_grad_(True) for n in sizes[1:]]
+    e = chip_energy(x, s, w, active_updates="all", dest_cores=(1, 1))
+    ev0 = sum(int((x[t, b] != 0)[i]) * int((w[0][:, i] != 0).sum())
+              for t in range(T) for b in range(B) for i in range(sizes[0]))
+    ev1 = sum(int(s[0][t, b, i]) * int((w[1][:, i] != 0).sum())
+              for t in range(T) for b in range(B) for i in range(sizes[1]))
+    c = {k: v[0] for k, v in CHIP_CONSTANTS.items()}
+    per_msg = c["loihi_spike_within_tile_pj"] + c["loihi_hop_ew_pj"]
+    want = ((ev0 + ev1) * c["loihi_synop_pj"] + T * B * sum(sizes[1:]) * c["loihi_neuron_update_active_pj"]
+            + float(sum(t.detach().sum() for t in s)) * per_msg) / B / 1e6
+    assert e.synaptic_events.tolist() == [ev0, ev1]
+    assert float(e.total_uj.detach()) == pytest.approx(want, rel=1e-12)
+    e.total_uj.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (x, *w, s[0]))
+
+
+def test_record_helper_is_chip_energy():
+    from stft_neuro.hw_targets.loihi2.energy import chip_energy_of_record
+    from stft_neuro.model.host import SpikeRecord
+    net = random_network(7)
+    plan = plan_of(net, 4)
+    x, th = random_inputs(net, 7, 4, 3)
+    spikes, _ = ReferenceSimulator(plan).run(x, th)
+    a = chip_energy_of_record(SpikeRecord(spikes=spikes, theta=th), x, _plan_weights(plan), plan=plan)
+    assert float(a.total_uj) == float(chip_energy_uj(x, spikes, _plan_weights(plan), plan=plan, theta=th))

@@ -49,7 +49,15 @@ Typical use (deploy mode / QAT: every value exact, so the estimate equals the re
     payloads = plan.encode_input(x)                               # (T, B, n_in), STE to x
     w = chip_weights(plan, report, model.spiking.chip.weights)    # exact ints, STE to float weights
     e_uj = chip_energy_uj(payloads, rec.spikes, w, plan=plan, theta=rec.theta)
+    # (the same: chip_energy_of_record(rec, payloads, w, plan=plan).total_uj)
     loss = task_loss + lam * torch.relu(e_uj - budget_uj)
+
+Float training (no integer run): pass the float-mode spikes, ``payloads = plan.encode_input(x)``
+of the current plan (its straight-through gradient reaches ``x``) or ``x / input_scale``, and the
+float weights with ``weight_width`` in their units (e.g. the layer's weight LSB); the neuron
+updates then come from the plan's replay of those payloads, or ``active_updates="all"`` (an upper
+bound, no replay). The value is the deployed chip's energy only when the spikes are the integer
+run's (deploy mode).
 """
 from __future__ import annotations
 
@@ -283,3 +291,11 @@ def chip_energy_uj(payloads: Tensor, spikes: Sequence[Tensor], weights: Sequence
     """:func:`chip_energy`'s ``total_uj``: the chip's energy per sample in microjoules (an
     estimate), a float64 scalar with gradients to the payloads, spikes and weights."""
     return chip_energy(payloads, spikes, weights, **kwargs).total_uj
+
+
+def chip_energy_of_record(record, payloads: Tensor, weights: Sequence[Tensor], **kwargs) -> ChipEnergy:
+    """:func:`chip_energy` of what the host's ``SpikingBranch.drive`` returned: ``record.spikes``
+    (per layer ``(T, B, n_l)``) and ``record.theta`` (``(T, B, L)`` or None), with the ``payloads``
+    the host sent (``plan.encode_input(x)``); other arguments as :func:`chip_energy`."""
+    kwargs.setdefault("theta", record.theta)
+    return chip_energy(payloads, record.spikes, weights, **kwargs)
