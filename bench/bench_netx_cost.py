@@ -61,10 +61,50 @@ def measure(run: Path) -> dict:
     return out
 
 
+def _ci(diffs: list[float]) -> str:
+    """mean [95 % t interval] of paired differences."""
+    import numpy as np
+    from scipy import stats
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size < 2:
+        return f"{d.mean():+.2f}"
+    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    return f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] (n={d.size})"
+
+
+def table(results: dict) -> str:
+    """The markdown table of BENCHMARKS.md from the results file: per seed, HM of each plan, and
+    the paired differences with 95 % t intervals."""
+    rows = sorted(results.values(), key=lambda r: r["float"]["seed"])
+    lines = ["| seed | float: PTQ plan | PTQ -> derived netx plan | QAT plan | QAT -> derived netx plan "
+             "(what export writes) | QAT trained for netx (option a) | layer-1 weights zeroed (QAT) | "
+             "threshold coarser, layers 1/2/3 (QAT) |", "|---|---|---|---|---|---|---|---|"]
+    d_ptq, d_qat, d_a = [], [], []
+    for r in rows:
+        f, q, a = r["float"], r["qat"], r.get("qatnx")
+        fh, fn = f["hm"]["run_plan"]["HM"], f["hm"]["netx_plan"]["HM"]
+        qh, qn = q["hm"]["run_plan"]["HM"], q["hm"]["netx_plan"]["HM"]
+        d_ptq.append(fn - fh)
+        d_qat.append(qn - qh)
+        ah = a["hm"]["run_plan"]["HM"] if a else float("nan")
+        if a:
+            d_a.append(ah - qh)
+        st = q["static"]["layers"]
+        lines.append(f"| {f['seed']} | {fh:.2f} | {fn:.2f} ({fn - fh:+.2f}) | {qh:.2f} | {qn:.2f} ({qn - qh:+.2f}) | "
+                     f"{ah:.2f} ({ah - qh:+.2f}) | {100 * st[0]['weights_zeroed_fraction']:.0f} % | "
+                     + "/".join(f"{x['threshold_coarser']:.3g}x" for x in st) + " |")
+    lines.append(f"| mean [95 % CI] | | {_ci(d_ptq)} | | {_ci(d_qat)} | {_ci(d_a)} | | |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="*", type=Path)
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the results file")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return 0
     torch.set_num_threads(1)
     for run in args.runs:
         res = measure(run)

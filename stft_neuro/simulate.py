@@ -3,7 +3,8 @@
 ::
 
     stft-neuro simulate (--bundle DIR | --checkpoint RUN) --backend lava|reference|torch
-                        [--host torch|onnx] [--split stage_2_test_seen|stage_2_test_unseen|all]
+                        [--host torch|onnx] [--chip-from nir|plan|netx]
+                        [--split stage_2_test_seen|stage_2_test_unseen|all]
                         [--samples N] [--batch B] --out DIR [--json]
                         [--ray [ADDRESS] [--ray-workers N]]
 
@@ -20,6 +21,18 @@ All three compute the same integer arithmetic of the same plan, so predictions, 
 are identical sample for sample (tested).
 
 Decisions, written down:
+
+- **The chain runs through the exported files** (issue 18). With a bundle, the chip side of
+  ``--backend lava|reference`` is built from the file ``--chip-from`` names (:func:`_chip_plan`):
+  ``nir``, the default when the bundle has ``spiking.nir`` (``plan_from_nir`` of the interchange
+  file: what runs is what another tool would read), ``plan`` (``plan.safetensors``), or ``netx``:
+  on Lava the netx file itself through lava-dl's ``netx.hdf5.Network``
+  (:class:`~stft_neuro.converters.netx_out.NetxBackend`, one Network per sample), on the
+  reference simulator the plan that file carries (``plan_netx.safetensors`` when export derived
+  one). ``load_bundle`` has already verified that every file describes the plan it carries, so
+  the three give identical records (tested). netx has no threshold-modulation port: ``--chip-from
+  netx`` refuses a run with dynamic thresholds in one line. ``--backend torch`` runs the
+  checkpoint's own chip module and takes no ``--chip-from``.
 
 - **A bundle runs alone with ``--host onnx``.** A bundle exported with ``--target onnx|all``
   carries, besides the plan and the host graphs, what the host needs of the training run
