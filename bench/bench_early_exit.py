@@ -13,9 +13,12 @@ on the reference simulator, with the host's own readout:
   ``L``) when the prediction has not changed for ``m`` steps
   (``pred[t] == pred[t-1] == ... == pred[t-m]``); ``m`` is calibrated on the stage-1 validation
   samples as the smallest patience whose predictions agree with the full run's on >= 99 %
-  (and, for comparison, >= 95 %).
+  (and, for comparison, >= 95 %). A second rule, confidence: stop after the first step ``t >= L``
+  whose margin (the runner-up class's distance minus the nearest's, calibration ``b`` applied) is
+  at least ``tau``, ``tau`` the smallest validation-margin quantile that reaches the same agreement.
 - On the stage-2 test samples: HM with the early-exit predictions, mean steps run, and the chip's
-  energy per sample over the steps that ran (``hw_targets/loihi2/energy.py``: exact counts of the
+  energy per sample over the steps that ran, and the host's extra energy for the per-step
+  predictions (readout + fusion + projection MACs x 4.6 pJ, counted by ``FlopCounterMode``) (``hw_targets/loihi2/energy.py``: exact counts of the
   truncated runs; an **estimate** in energy, Davies 2018 per-op model); and a fixed ``T' < T``
   for every sample for comparison.
 
@@ -52,7 +55,7 @@ def per_step(model, bench, plan, names, bias, batch=128):
     class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings)).numpy()
     seen, unseen = bench.seen(2), bench.unseen(2)
     candidates = np.concatenate([seen, unseen])
-    preds, labels, xs, sps, ths = [], [], [], [], []
+    preds, margins, labels, xs, sps, ths = [], [], [], [], [], []
     for name in names:
         sp = bench.splits[name]
         for i in range(0, len(sp.labels), batch):
@@ -63,19 +66,24 @@ def per_step(model, bench, plan, names, bias, batch=128):
             last = rec.spikes[-1]
             T = last.shape[0]
             step = torch.arange(T)[:, None, None]
-            p = []
+            p, mg = [], []
             for t in range(T):
                 s = br.readout(torch.where(step <= t, last, torch.zeros_like(last)))
                 dist = distances(model.joint_from(r, s).numpy(), class_emb)
                 p.append(predict(dist, candidates, seen, bias))
+                adj = dist[:, candidates] + np.where(np.isin(candidates, seen), bias, 0.0)
+                two = np.sort(adj, axis=1)[:, :2]
+                mg.append(two[:, 1] - two[:, 0])          # confidence: the runner-up's extra distance
             preds.append(np.stack(p))
+            margins.append(np.stack(mg))
             labels.append(np.asarray(sp.labels[i:i + batch]))
             xs.append(plan.encode_input(x))
             sps.append(rec.spikes)
             ths.append(rec.theta)
     spikes = [torch.cat([s[l] for s in sps], 1) for l in range(plan.num_layers)]
     theta = None if ths[0] is None else torch.cat(ths, 1)
-    return np.concatenate(preds, 1), np.concatenate(labels), torch.cat(xs, 1), spikes, theta
+    return (np.concatenate(preds, 1), np.concatenate(margins, 1), np.concatenate(labels),
+            torch.cat(xs, 1), spikes, theta)
 
 
 def exit_steps(preds: np.ndarray, m: int, first: int = 0) -> np.ndarray:
@@ -88,6 +96,17 @@ def exit_steps(preds: np.ndarray, m: int, first: int = 0) -> np.ndarray:
             if np.all(preds[t - m:t + 1, i] == preds[t, i]):
                 out[i] = t + 1
                 break
+    return out
+
+
+def confident_steps(margins: np.ndarray, tau: float, first: int) -> np.ndarray:
+    """Steps run per sample: stop after the first step ``t >= first`` whose margin is >= ``tau``."""
+    T, N = margins.shape
+    out = np.full(N, T)
+    for i in range(N):
+        hit = np.nonzero(margins[first:, i] >= tau)[0]
+        if hit.size:
+            out[i] = first + int(hit[0]) + 1
     return out
 
 
@@ -126,12 +145,23 @@ def main() -> None:
     plan, _ = model.spiking.deployment_plan()
     T = plan.num_steps
     seen = bench.seen(2)
-    val, _, _, _, _ = per_step(model, bench, plan, ("stage_1_val_seen", "stage_1_val_unseen"), bias)
+    val, val_margin, _, _, _, _ = per_step(model, bench, plan, ("stage_1_val_seen", "stage_1_val_unseen"),
+                                           bias)
     first = plan.num_layers
+    from stft_neuro.report.counts import host_flops
+    from stft_neuro.report.energy import CONSTANTS
+    h = host_flops(model, int(bench.splits["stage_2_test_seen"].audio.shape[1]))
+    per_eval_uj = sum(h[k].macs for k in ("readout", "fusion", "projection")) \
+        * CONSTANTS["host_fp32_mac_pj"].value / 1e6
+
+    def host_extra(steps: np.ndarray) -> float:
+        """Host uJ per sample for the per-step predictions beyond the one a full run makes anyway:
+        one readout + fusion + projection after every step from ``first`` to the exit."""
+        return float(np.mean(steps - first) - 1) * per_eval_uj
     agree = {m: float(np.mean(val[exit_steps(val, m, first) - 1, np.arange(val.shape[1])] == val[-1]))
              for m in range(1, T - first)}
-    test, labels, x, spikes, theta = per_step(model, bench, plan, ("stage_2_test_seen", "stage_2_test_unseen"),
-                                              bias)
+    test, test_margin, labels, x, spikes, theta = per_step(
+        model, bench, plan, ("stage_2_test_seen", "stage_2_test_unseen"), bias)
     N = test.shape[1]
     full = hm_of(test[-1], labels, seen)
     rows = [{"rule": "full T", "steps_mean": float(T), "S": full[0], "U": full[1], "HM": full[2],
@@ -146,7 +176,26 @@ def main() -> None:
         rows.append({"rule": f"early exit, patience {m} (validation agreement >= {target})",
                      "steps_mean": float(steps.mean()), "S": early[0], "U": early[1], "HM": early[2],
                      "agreement_with_full": float(np.mean(test[steps - 1, np.arange(N)] == test[-1])),
-                     "chip_uj": energy_steps(plan, x, spikes, theta, steps)})
+                     "chip_uj": energy_steps(plan, x, spikes, theta, steps),
+                     "host_extra_uj": host_extra(steps)})
+    # confidence rule: the smallest margin threshold tau (over the validation margins' quantiles)
+    # whose early-exit predictions agree with the full run's on >= target of the validation samples
+    grid = np.unique(np.quantile(val_margin[first:], np.linspace(0, 1, 101)))
+    tau_by_target = {}
+    for target in AGREEMENTS:
+        ok = [tau for tau in grid
+              if np.mean(val[confident_steps(val_margin, tau, first) - 1, np.arange(val.shape[1])] == val[-1])
+              >= target]
+        tau = min(ok) if ok else float("inf")
+        tau_by_target[str(target)] = float(tau)
+        steps = confident_steps(test_margin, tau, first)
+        early = hm_of(test[steps - 1, np.arange(N)], labels, seen)
+        histogram[f"confidence {target}"] = {int(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True))}
+        rows.append({"rule": f"early exit, margin >= {tau:.4g} (validation agreement >= {target})",
+                     "steps_mean": float(steps.mean()), "S": early[0], "U": early[1], "HM": early[2],
+                     "agreement_with_full": float(np.mean(test[steps - 1, np.arange(N)] == test[-1])),
+                     "chip_uj": energy_steps(plan, x, spikes, theta, steps),
+                     "host_extra_uj": host_extra(steps)})
     for Tp in (4, 6, 8):
         r = hm_of(test[Tp - 1], labels, seen)
         rows.append({"rule": f"fixed T' = {Tp}", "steps_mean": float(Tp), "S": r[0], "U": r[1], "HM": r[2],
@@ -155,6 +204,8 @@ def main() -> None:
     out = {"run": str(args.run), "cpu": cpu_name(), "torch_threads": 1, "estimate": True,
            "payload_dead_zone": args.dead_zone, "T": T, "test_samples": N,
            "validation_agreement_by_patience": agree, "patience": patience,
+           "margin_threshold": tau_by_target,
+           "host_uj_per_prediction": per_eval_uj,
            "steps_run_histogram": histogram,
            "rows": rows, "wall_s": time.time() - t0}
     if args.out:
