@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=512, help="validation samples for the firing statistics")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = config_mod.from_dict(json.loads((args.run_dir / "config.json").read_text()))
+    cfg = config_mod.from_run_dict(json.loads((args.run_dir / "config.json").read_text()))
     bench = load_benchmark(cfg.data)
     model = make_model(cfg, bench)
     from safetensors.torch import load_file

@@ -76,7 +76,7 @@ def load_run(run: str | Path, weights: str = "model.safetensors",
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'meta.json'}: not a stft-neuro run (format {meta.get('format')!r})")
     try:
-        cfg = config_mod.from_dict(raw)
+        cfg = config_mod.from_run_dict(raw)
     except ConfigError as exc:
         raise CheckpointError(f"{path / 'config.json'}: {exc}") from None
     file = path / weights

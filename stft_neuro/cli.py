@@ -268,7 +268,7 @@ def _train_setup(args, qat_config: bool = True):
     if args.resume:
         run_dir = Path(args.resume)
         check_resumable(run_dir)
-        cfg = config_mod.from_dict(read_json(run_dir / "config.json", "config"))
+        cfg = config_mod.from_run_dict(read_json(run_dir / "config.json", "config"))
         if args.overrides or args.config:
             cfg = config_mod.load(args.config, args.overrides, base=cfg)
         return cfg, run_dir

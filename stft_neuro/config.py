@@ -73,6 +73,12 @@ class SpikingConfig:
     without a leak potential need: snnTorch's ``import_from_nir`` requires ``v_leak = 0``, so only a
     bias-free plan exports with ``stft-neuro export --nir-profile snntorch``
     (``converters/nir_profiles.py``).
+    ``readout_after_latency``: the TSF readout reads the last layer's spikes from step ``L`` on (the
+    chip's pipeline delay; ``SpikingBranch.readout_start``); ``false`` reads all T steps (runs
+    trained before issue #16). ``head``: the spiking vector gets its own projection into the
+    embedding space, trained with the same triplet and projection losses as the audio and visual
+    ones (``STFT.spike_proj``), so the chip is taught to carry class information whatever the
+    fusion does with it (runs before issue #16: false).
     """
 
     enabled: bool = True
@@ -89,6 +95,8 @@ class SpikingConfig:
     input_bits: int = 8
     netx_compatible: bool = False
     bias: bool = True
+    readout_after_latency: bool = False
+    head: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,8 @@ class FusionConfig:
     dropout: float = 0.1
     text_projection: str = "mlp"
     output_norm: bool = False
+    word_geometry: str = "raw"
+    skip: str = "transformer"
 
 
 @dataclass(frozen=True)
@@ -244,6 +254,26 @@ def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     return cfg
 
 
+#: Keys added after runs were first written, with the value that reproduces those older runs.
+#: ``from_run_dict`` fills them in when a stored config.json lacks them (a run folder records the
+#: config it trained with; the defaults may have moved since).
+LEGACY_VALUES: dict[str, dict[str, Any]] = {
+    "spiking": {"readout_after_latency": False, "head": False},
+    "fusion": {"word_geometry": "raw", "skip": "transformer"},
+}
+
+
+def from_run_dict(raw: dict[str, Any]) -> Config:
+    """The Config of a stored run (its config.json): ``from_dict`` with ``LEGACY_VALUES`` for the
+    keys the run predates."""
+    filled = {name: dict(values) if isinstance(values, dict) else values for name, values in raw.items()}
+    for section, legacy in LEGACY_VALUES.items():
+        if isinstance(filled.get(section), dict):
+            for key, value in legacy.items():
+                filled[section].setdefault(key, value)
+    return from_dict(filled)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     """``["train.epochs=3", "spiking.hidden=128,64"]`` -> nested dict (values stay strings)."""
     raw: dict[str, dict[str, Any]] = {}
@@ -285,6 +315,9 @@ def validate(cfg: Config) -> None:
          "data.train_per_class and data.eval_per_class must be >= 1"),
         (cfg.data.noise >= 0, "data.noise must be >= 0"),
         (cfg.spiking.num_steps >= 1, "spiking.num_steps must be >= 1"),
+        (not cfg.spiking.readout_after_latency or cfg.spiking.num_steps > len(cfg.spiking.hidden),
+         "spiking.num_steps must exceed the number of chip layers (spiking.hidden) when "
+         "spiking.readout_after_latency is true: the last layer's first spikes arrive at step L"),
         (len(cfg.spiking.hidden) >= 1 and min(cfg.spiking.hidden) >= 1,
          "spiking.hidden must list at least one positive width"),
         (0.0 <= cfg.spiking.du <= 1.0 and 0.0 <= cfg.spiking.dv <= 1.0,
@@ -294,6 +327,10 @@ def validate(cfg: Config) -> None:
         (cfg.transformer.dim % cfg.transformer.heads == 0, "transformer.dim must be a multiple of transformer.heads"),
         (cfg.fusion.kind in ("tucker", "concat"), "fusion.kind must be tucker or concat"),
         (cfg.fusion.text_projection in ("mlp", "linear"), "fusion.text_projection must be mlp or linear"),
+        (cfg.fusion.word_geometry in ("raw", "centred", "centred_unit"),
+         "fusion.word_geometry must be raw, centred or centred_unit"),
+        (cfg.fusion.skip in ("transformer", "spiking", "both"),
+         "fusion.skip must be transformer, spiking or both"),
         (len(cfg.fusion.ranks) >= 1 and min(cfg.fusion.ranks) >= 1, "fusion.ranks must list positive ranks"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),

@@ -1,6 +1,7 @@
 """Baselines (ridge, AVCA-like) under the AVCA protocol, and the paired comparison statistics."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -53,9 +54,61 @@ def test_ridge_solves_its_normal_equations(n: int, d: int, e: int, lam: float, s
 
 def test_ridge_bad_input() -> None:
     with pytest.raises(UserError, match="ridge: expected"):
-        ridge.RidgeMap.fit(np.zeros((3, 2)), np.zeros((4, 1)))
+        ridge.RidgeMap.fit(np.zeros((3, 2)), np.zeros((4, 1)), 1.0)
     with pytest.raises(UserError, match="lambda"):
         ridge.RidgeMap.fit(np.zeros((3, 2)), np.zeros((3, 1)), lam=-1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 30), d=st.integers(1, 12), e=st.integers(1, 5), lam=st.floats(0.01, 1000.0),
+       seed=st.integers(0, 2**31))
+def test_ridge_without_intercept_solves_its_normal_equations(n, d, e, lam, seed) -> None:
+    """No intercept: the gradient of ||Z W - Y||^2 + lam ||W||^2 vanishes, and f(0-feature) = 0."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, d)) * rng.uniform(0.1, 10, d), rng.standard_normal((n, e)) + 3.0
+    fit = ridge.RidgeMap.fit(x, y, lam, intercept=False)
+    z = (x - fit.mu) / fit.sd
+    grad = z.T @ (z @ fit.weight - y) + lam * fit.weight
+    assert np.abs(grad).max() <= 1e-7 * max(1.0, np.abs(z.T @ y).max())
+    np.testing.assert_array_equal(fit(fit.mu[None, :]), np.zeros((1, e)))
+
+
+def test_ridge_family_is_chosen_on_validation_only() -> None:
+    """The chosen member is the one with the best stage-1 validation HM, and replacing the test
+    splits by other data changes the test figures but never the choice."""
+    bench = load_benchmark(SMALL)
+    family = (ridge.RidgeVariant(True, "raw", 100.0), ridge.RidgeVariant(False, "centred_unit", 100.0),
+              ridge.RidgeVariant(False, "raw", 1e5, unit_output=True))
+    out = ridge.select_and_run(bench, family)
+    assert len(out["selection"]) == 3
+    best = max(out["selection"], key=lambda r: r["val_HM"])
+    assert out["variant"] == {k: best[k] for k in ("intercept", "geometry", "lam", "unit_output")}
+    assert out["stage1_val"]["HM"] == best["val_HM"]
+    # the test splits' features shuffled across their samples (labels kept): same choice, other figures
+    rng = np.random.default_rng(0)
+
+    def shuffled(sp):
+        perm = rng.permutation(len(sp.labels))
+        return dataclasses.replace(sp, audio=sp.audio[perm], visual=sp.visual[perm], lengths=sp.lengths[perm])
+    swapped = dataclasses.replace(bench, splits={**bench.splits, **{
+        k: shuffled(bench.splits[k]) for k in ("stage_2_test_seen", "stage_2_test_unseen")}})
+    again = ridge.select_and_run(swapped, family)
+    assert again["variant"] == out["variant"] and again["selection"] == out["selection"]
+    assert again["stage2_test"] != out["stage2_test"]
+
+
+def test_word_geometry_centres_and_normalises_the_class_table() -> None:
+    from stft_neuro.model import word_geometry
+    w = load_benchmark(SMALL).class_embeddings
+    c = word_geometry.apply_np(w, "centred")
+    np.testing.assert_allclose(c.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(c, w - w.mean(0), atol=1e-7)
+    u = word_geometry.apply_np(w, "centred_unit")
+    np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(u * np.linalg.norm(c, axis=1, keepdims=True), c, atol=1e-7)
+    np.testing.assert_array_equal(word_geometry.apply_np(w, "raw"), w.astype(np.float64))
+    with pytest.raises(ValueError, match="word geometry"):
+        word_geometry.apply_np(w, "whitened")
 
 
 def test_mean_pooling_ignores_padding() -> None:

@@ -141,7 +141,7 @@ class _ReadoutGraph(nn.Module):
 
     ``forward(out_spikes (T,B,n_L), audio, visual, lengths)`` (without a spiking branch
     ``forward(audio, visual, lengths)``) -> joint (B, E): TSF readout (``SpikingBranch.readout``),
-    transformer, fusion, skip and projection, exactly the lines of ``STFT.forward`` that make
+    transformer and ``STFT.joint_from`` (fusion, skip paths, projection), as ``STFT.forward`` makes
     ``joint`` once the spikes are known."""
 
     varargs = True
@@ -155,7 +155,7 @@ class _ReadoutGraph(nn.Module):
         mask = valid_mask(lengths, audio.shape[1])
         r = m.transformer(audio, visual, mask)  # (B, dim)
         s = m.spiking.readout(out_spikes) if out_spikes is not None else r.new_zeros(r.shape[0], 0)
-        return m.joint(m.fusion(r, s) + m.skip(r))  # (B, E)
+        return m.joint_from(r, s)  # (B, E): the one readout
 
     def forward(self, *inputs: Tensor) -> Tensor:
         if self.model.spiking is None:

@@ -26,7 +26,8 @@ Shapes: B batch, S seconds (padded), D = Da + Dv feature width, T steps, L chip 
   17-bit threshold. Both round with straight-through gradients. A float backend (``plan`` None)
   gets the float currents and cues unchanged.
 - **TSF** (time-step factors): ``out = sum_t softmax_t(w . s_L[t] + beta_t) s_L[t]`` instead of the
-  plain mean over T (ablation: ``tsf = False``).
+  plain mean over T (ablation: ``tsf = False``), over the steps ``t >= L`` at which the last layer
+  can have spiked (``readout_start``; all steps with ``spiking.readout_after_latency = false``).
 """
 from __future__ import annotations
 
@@ -199,11 +200,23 @@ class SpikingBranch(nn.Module):
         spikes = tuple(torch.stack([s[l] for s in per_step]) for l in range(len(per_step[0])))
         return SpikeRecord(spikes=spikes, theta=torch.stack(thetas))
 
+    @property
+    def readout_start(self) -> int:
+        """First step the readout uses: ``L`` (the number of chip layers) with
+        ``spiking.readout_after_latency``, else 0. Each Dense adds one step of delay, so the last
+        layer cannot spike before step ``L``: steps ``0..L-1`` of its output are zeros for every
+        sample. Read over all steps, TSF learnt to put 76 % of its weight on those three empty
+        steps (real-size UCF, seed 0), shrinking the branch's output to a near-constant."""
+        return len(self.cfg.hidden) if self.cfg.readout_after_latency else 0
+
     def readout(self, out_spikes: Tensor) -> Tensor:
-        """TSF (or mean) over steps of the last layer's spikes (T, B, n_L) -> (B, n_L)."""
+        """TSF (or mean) over steps ``readout_start..T-1`` of the last layer's spikes (T, B, n_L) ->
+        (B, n_L)."""
+        t0 = self.readout_start
+        out_spikes = out_spikes[t0:]
         if not self.cfg.tsf:
             return out_spikes.mean(0)
-        scores = self.tsf_score(out_spikes).squeeze(-1) + self.tsf_step_bias[:, None]  # (T, B)
+        scores = self.tsf_score(out_spikes).squeeze(-1) + self.tsf_step_bias[t0:, None]  # (T - t0, B)
         weights = torch.softmax(scores, dim=0)
         return (weights[..., None] * out_spikes).sum(0)
 

@@ -24,6 +24,9 @@ Choices where the paper is silent:
   against the text embeddings too: ``triplet = mean(t_joint, t_audio, t_visual)`` (a mean, so that
   the term keeps the scale of one triplet loss and the paper's 0.5/0.5 balance). ``modality_triplets
   =False`` gives the paper's joint-only term. Each part is returned as well.
+* With a spiking head (``spiking.head``, ``out["spike_emb"]``) the spiking vector's projection is a
+  third modality in both the triplet mean and the projection sum (issue #16: without it the chip's
+  output carried no class information the readout used).
 * ``projection = MSE(audio_emb, t) + MSE(visual_emb, t)`` with target ``t = text_emb[labels]``, in the
   shared E-dim space (the word embedding, projected). The target is not detached: the text projector
   learns from it too (the triplet's margin keeps classes apart, so this cannot collapse to a point).
@@ -119,13 +122,16 @@ def stft_loss(out: dict[str, Tensor], text_emb: Tensor, w2v: Tensor, labels: Ten
     labels = labels.long()
     terms: dict[str, Tensor] = {}
     terms["triplet_joint"] = triplet_loss(out["joint"], text_emb, labels, margin, train_classes)
+    heads = ("audio", "visual", "spike") if "spike_emb" in out else ("audio", "visual")
     if modality_triplets:
-        terms["triplet_audio"] = triplet_loss(out["audio_emb"], text_emb, labels, margin, train_classes)
-        terms["triplet_visual"] = triplet_loss(out["visual_emb"], text_emb, labels, margin, train_classes)
-        terms["triplet"] = (terms["triplet_joint"] + terms["triplet_audio"] + terms["triplet_visual"]) / 3.0
+        for head in heads:
+            terms[f"triplet_{head}"] = triplet_loss(out[f"{head}_emb"], text_emb, labels, margin, train_classes)
+        terms["triplet"] = sum(terms[f"triplet_{k}"] for k in ("joint", *heads)) / (1 + len(heads))
     else:
         terms["triplet"] = terms["triplet_joint"]
     terms["projection"] = projection_loss(out["audio_emb"], out["visual_emb"], text_emb[labels])
+    if "spike_emb" in out:
+        terms["projection"] = terms["projection"] + F.mse_loss(out["spike_emb"], text_emb[labels])
     terms["reconstruction"] = reconstruction_loss(out["recon"], w2v[labels])
     terms["total"] = (TRIPLET_WEIGHT * terms["triplet"]
                       + REGRESSION_WEIGHT * (terms["projection"] + terms["reconstruction"]))

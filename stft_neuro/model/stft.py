@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from stft_neuro.config import Config
+from stft_neuro.model import word_geometry
 from stft_neuro.model.fusion import build_fusion
 from stft_neuro.model.host import SpikingBranch, masked_max_mean, valid_mask
 from stft_neuro.model.transformer import LatentSemanticTransformer
@@ -43,10 +44,16 @@ class STFT(nn.Module):
         self.spiking = SpikingBranch(audio_dim, visual_dim, cfg.spiking) if cfg.spiking.enabled else None
         dim_s = self.spiking.out_dim if self.spiking is not None else 0
         self.fusion = build_fusion(cfg.fusion, self.transformer.out_dim, dim_s)
-        # Residual path around the fusion: a multiplicative (Tucker) fusion alone starts with tiny
-        # gradients (its core is a product of three small factors) and training stalls; with the
-        # skip, the fusion learns the interaction on top of a working semantic path.
-        self.skip = nn.Linear(self.transformer.out_dim, width)
+        # Residual paths around the fusion (fusion.skip): a multiplicative (Tucker) fusion alone
+        # starts with tiny gradients (its core is a product of three small factors) and training
+        # stalls; with a skip, the fusion learns the interaction on top of a working linear path.
+        # "transformer": W r (the original); "spiking": W s (the chip's output carries the linear
+        # path, r enters only through the fusion); "both": W r + W' s.
+        skip = cfg.fusion.skip
+        self.skip = (nn.Linear(self.transformer.out_dim, width)
+                     if skip in ("transformer", "both") or self.spiking is None else None)
+        self.skip_spiking = (nn.Linear(dim_s, width)
+                             if skip in ("spiking", "both") and self.spiking is not None else None)
         # fusion.output_norm: the fusion's output at unit scale beside the skip (see FusionConfig).
         self.fusion_norm = nn.LayerNorm(width) if cfg.fusion.output_norm else nn.Identity()
         self.joint = nn.Linear(width, e)
@@ -55,10 +62,25 @@ class STFT(nn.Module):
         self.text_proj = (mlp(WORD_DIM, width, e, p) if cfg.fusion.text_projection == "mlp"
                           else nn.Linear(WORD_DIM, e))
         self.reconstruct = mlp(e, width, WORD_DIM, p)
+        # spiking.head: the chip's output projected on its own, trained like audio_proj/visual_proj.
+        self.spike_proj = (mlp(dim_s, width, e, p)
+                           if self.spiking is not None and cfg.spiking.head else None)
 
     def embed_classes(self, w2v: Tensor) -> Tensor:
-        """(C, 300) word embeddings -> (C, E) class embeddings in the joint space."""
-        return self.text_proj(w2v)
+        """(C, 300) word embeddings of the whole class table -> (C, E) class embeddings in the joint
+        space, through ``fusion.word_geometry`` (``model/word_geometry.py``) and the text projection."""
+        return self.text_proj(word_geometry.apply(w2v, self.cfg.fusion.word_geometry))
+
+    def joint_from(self, r: Tensor, s: Tensor) -> Tensor:
+        """The readout: transformer vector ``r (B, dim)`` and spiking vector ``s (B, n_L)`` (``(B, 0)``
+        without a spiking branch) -> joint embedding ``(B, E)``. The one definition, used by
+        ``forward``, the ONNX readout graph and the report's operation counter."""
+        pre = self.fusion_norm(self.fusion(r, s))
+        if self.skip is not None:
+            pre = pre + self.skip(r)
+        if self.skip_spiking is not None:
+            pre = pre + self.skip_spiking(s)
+        return self.joint(pre)
 
     def forward(self, audio: Tensor, visual: Tensor, lengths: Tensor,
                 backend: SpikingBackend | None = None) -> dict[str, Tensor]:
@@ -73,11 +95,13 @@ class STFT(nn.Module):
                 out["theta"] = record.theta
         else:
             s = r.new_zeros(r.shape[0], 0)
-        joint = self.joint(self.fusion_norm(self.fusion(r, s)) + self.skip(r))  # (B, E)
+        joint = self.joint_from(r, s)  # (B, E)
         _, audio_mean = masked_max_mean(audio, mask)
         _, visual_mean = masked_max_mean(visual, mask)
         out.update(joint=joint, audio_emb=self.audio_proj(audio_mean),
                    visual_emb=self.visual_proj(visual_mean), recon=self.reconstruct(joint))
+        if self.spike_proj is not None:
+            out["spike_emb"] = self.spike_proj(s)
         return out
 
 

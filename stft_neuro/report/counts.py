@@ -486,15 +486,12 @@ def host_flops(model: Any, seconds: int, lengths: int | None = None) -> dict[str
         s = torch.zeros(1, br.out_dim)
     else:
         s = r.new_zeros(1, 0)
-    # the fusion output's normalisation, where the model has one (a fusion config switch)
-    norm = getattr(model, "fusion_norm", torch.nn.Identity())
-    fused = norm(model.fusion(r, s))
-
-    def fusion() -> None:
-        norm(model.fusion(r, s)) + model.skip(r)
-    out["fusion"] = HostCompute(_counted(fusion), 0, "Tucker/concat fusion + skip Linear")
-    out["projection"] = HostCompute(_counted(lambda: model.joint(fused)),
-                                    int(model.joint.in_features * model.joint.out_features),
+    # the readout is STFT.joint_from (fusion, its norm, the skip paths, the projection); the
+    # projection's share is counted on its own and the rest is the fusion's
+    projection = _counted(lambda: model.joint(torch.zeros(1, model.joint.in_features)))
+    out["fusion"] = HostCompute(_counted(lambda: model.joint_from(r, s)) - projection, 0,
+                                "Tucker/concat fusion + skip Linears")
+    out["projection"] = HostCompute(projection, int(model.joint.in_features * model.joint.out_features),
                                     "estimate: width*E")
     return {k: out[k] for k in HOST_COMPONENTS if k in out}
 
