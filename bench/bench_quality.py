@@ -50,29 +50,29 @@ from stft_neuro.errors import UserError  # noqa: E402
 from results_file import update_locked  # noqa: E402
 
 REFERENCE = "STFT (full)"
-RIDGE = "ridge (mean-pooled, lambda 100)"
-AVCA_LIKE = "AVCA-like (no spiking, concat)"
-MLP_TEXT = "STFT, MLP text projection (AVCA)"
 MLP = "fusion.text_projection=mlp"
 LINEAR = "fusion.text_projection=linear"
-# name -> config overrides (None: the closed-form ridge, no training). Priority order. The full
-# STFT here projects word2vec linearly (issue #11's fix for real-size data; the config default stays
-# AVCA's MLP, which the small demo sizes need); the ablations were measured on the STFT with the MLP
-# projection and are paired with that model (BASE).
+#: issue #16's real-size recipe, chosen on stage-1 validation (seed 0; see BENCHMARKS.md): the
+#: linear text projection, the centred unit-normalised word table, and skip paths from both the
+#: transformer and the spiking branch. ``data.sizes=real`` selects it by default (config.py).
+RECIPE = [LINEAR, "fusion.word_geometry=centred_unit", "fusion.skip=both"]
+RIDGE_FAMILY = "linear (ridge family, validation-selected)"
+RIDGE_EXTENDED = "linear (extended ridge family, validation-selected)"
+AVCA_LIKE = "AVCA-like (no spiking, concat)"
+NO_SPIKING = "STFT without the spiking branch"
+#: the closed-form baselines: variant name -> the ridge family it selects from
+RIDGES = {RIDGE_FAMILY: ridge.FAMILY, RIDGE_EXTENDED: ridge.EXTENDED_FAMILY}
+# name -> config overrides (None: a closed-form ridge family, no training). Priority order.
 VARIANTS: dict[str, list[str] | None] = {
-    RIDGE: None,
-    REFERENCE: [LINEAR],
-    AVCA_LIKE: list(avca_like.OVERRIDES),
-    MLP_TEXT: [MLP],
-    "concat instead of Tucker": [MLP, "fusion.kind=concat"],
-    "no GLP": [MLP, "spiking.glp=false"],
-    "mean instead of TSF": [MLP, "spiking.tsf=false"],
-    "static thresholds": [MLP, "spiking.dynamic_threshold=false"],
+    RIDGE_FAMILY: None,
+    RIDGE_EXTENDED: None,
+    REFERENCE: RECIPE,
+    AVCA_LIKE: [*RECIPE, *avca_like.OVERRIDES],
+    NO_SPIKING: [*RECIPE, "spiking.enabled=false"],
 }
 #: the model each variant's paired HM difference is taken against (default: the full STFT).
-BASE = {name: MLP_TEXT for name in ("concat instead of Tucker", "no GLP", "mean instead of TSF",
-                                    "static thresholds")}
-TIER_1 = (RIDGE, REFERENCE, AVCA_LIKE, MLP_TEXT)
+BASE: dict[str, str] = {}
+TIER_1 = (RIDGE_FAMILY, REFERENCE, AVCA_LIKE)
 METRICS = ("S", "U", "HM", "ZSL")
 DEFAULT_SET = ["data.sizes=real", "train.threads=1"]
 HERE = Path(__file__).resolve().parent
@@ -126,7 +126,7 @@ def order(variants: list[str], seeds: list[int]) -> list[tuple[str, int]]:
 def run(args: argparse.Namespace) -> int:
     overrides = [*DEFAULT_SET, *args.overrides]
     base = config_mod.load(overrides=overrides)
-    out = Path(args.out or HERE / "results" / f"quality_{base.data.dataset}_{base.data.sizes}.json")
+    out = Path(args.out or HERE / "results" / f"quality16_{base.data.dataset}_{base.data.sizes}.json")
     work = Path(args.work or HERE / "results" / "runs" / out.stem)
     fresh = {"overrides": overrides, "config": base.to_dict(), "results": {}}
     data = json.loads(out.read_text()) if out.is_file() else fresh
@@ -165,8 +165,9 @@ def run_pair(name: str, seed: int, overrides: list[str], work: Path, bench) -> d
     cfg = config_mod.load(overrides=[*overrides, *(VARIANTS[name] or []),
                                      f"data.seed={seed}", f"train.seed={seed}"])
     t0 = time.perf_counter()
+    worth = None
     if VARIANTS[name] is None:
-        result = ridge.run_protocol(bench)
+        result = ridge.select_and_run(bench, RIDGES[name])
         history: list[dict] = []
         device = "cpu"  # numpy, closed form
     else:
@@ -175,6 +176,12 @@ def run_pair(name: str, seed: int, overrides: list[str], work: Path, bench) -> d
         run_dir = work / name.replace(" ", "_").replace("/", "_") / f"seed{seed}"
         result = Trainer(cfg, bench, run_dir).run(resume=(run_dir / "meta.json").is_file())
         history = json.loads((run_dir / "meta.json").read_text())["progress"]["history"]
+        if cfg.spiking.enabled:
+            from stft_neuro.branch_worth import branch_worth
+            from stft_neuro.checkpoint import load_run
+            model = load_run(run_dir)[0]
+            worth = {k: v["HM"] for k, v in
+                     branch_worth(model, bench, 2, result["stage1_val"]["bias"], seed=seed).items()}
     seconds = time.perf_counter() - t0
     rates = sorted(r["samples_per_s"] for r in history)
     # epoch_seconds: training epochs only (both stages), summed from the run's history, so it
@@ -185,6 +192,10 @@ def run_pair(name: str, seed: int, overrides: list[str], work: Path, bench) -> d
            "median_samples_per_s": rates[len(rates) // 2] if rates else None,
            "device": device,
            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if worth is not None:
+        row["worth"] = worth  # stage-2 test HM as trained / spiking output zeroed / shuffled
+    if "chosen" in result:
+        row["chosen"] = result["chosen"]
     return row
 
 
@@ -247,6 +258,16 @@ def chance(bench) -> dict[str, float]:
     return {"S": 100.0 / c, "U": 100.0 / c, "HM": 100.0 / c, "ZSL": 100.0 / len(bench.unseen(2))}
 
 
+def _diff_cell(mine: dict[int, float], ref: dict[int, float]) -> str:
+    try:
+        d = paired_difference(mine, ref)
+    except UserError:
+        common = sorted(set(mine) & set(ref))
+        return (f"{mine[common[0]] - ref[common[0]]:+.1f} (n=1, seed {common[0]}: no CI)"
+                if common else "n/a (no paired seed)")
+    return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] (n={d.n})" + (" *" if d.separated else "")
+
+
 def report_text(data: dict, base) -> str:
     results: dict[str, dict[str, dict]] = data["results"]
     ch = data.get("chance")
@@ -266,36 +287,38 @@ def report_text(data: dict, base) -> str:
         for k in METRICS:
             m, sd = mean_sd([r[k] for r in rows.values()])
             cells.append(f"{m:.1f} ± {sd:.1f}")
-        base = BASE.get(name, REFERENCE)
-        ref = {int(s): r["HM"] for s, r in results.get(base, {}).items()}
-        if name == REFERENCE:
-            diff = "—"
-        else:
-            mine = {int(s): r["HM"] for s, r in rows.items()}
-            try:
-                d = paired_difference(mine, ref)
-                diff = f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] (n={d.n})" + (" *" if d.separated else "")
-                if base != REFERENCE:
-                    diff += " vs MLP-text STFT"
-            except UserError:
-                common = sorted(set(mine) & set(ref))
-                diff = (f"{mine[common[0]] - ref[common[0]]:+.1f} (n=1, seed {common[0]}: no CI)"
-                        if common else "n/a (no paired seed)")
+        ref_name = BASE.get(name, REFERENCE)
+        ref = {int(s): r["HM"] for s, r in results.get(ref_name, {}).items()}
+        diff = "—" if name == REFERENCE else _diff_cell({int(s): r["HM"] for s, r in rows.items()}, ref)
         secs = sorted(r.get("epoch_seconds", r["seconds"]) for r in rows.values())
         where = ", ".join(f"{dev} ({n})" for dev, n in sorted(
             Counter(r.get("device", "cpu") for r in rows.values()).items()))
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {diff} | {secs[len(secs) // 2]:.0f} | {where} |")
     if ch is not None:
         lines.append("| chance (uniform guess) | — | " + " | ".join(f"{ch[k]:.1f}" for k in METRICS) + " | — | — | — |")
-    lines += ["", "\\* the 95% t-interval of the paired HM difference excludes 0. \"STFT (full)\" is "
-              "trained with `fusion.text_projection=linear` (issue #11; the config default is AVCA's "
-              "MLP, the row \"STFT, MLP text projection (AVCA)\"). Base: the full STFT, or (\"vs "
-              "MLP-text STFT\") the MLP-projection STFT, which the ablations were measured on."]
+    lines += ["", "\\* the 95% t-interval of the paired HM difference excludes 0. Base: the full STFT "
+              f"({' '.join('`' + o + '`' for o in RECIPE)}, the real-size recipe). The ridge rows choose "
+              "their member on stage-1 validation HM per seed (chosen: "
+              + "; ".join(f"{name}: " + ", ".join(f"{c} x{n}" for c, n in Counter(
+                  r.get("chosen", "?") for r in results[name].values()).most_common())
+                          for name in RIDGES if results.get(name)) + ")."]
+    worth = {int(s): r["worth"] for s, r in results.get(REFERENCE, {}).items() if "worth" in r}
+    if worth:
+        as_trained = {s: w["as_trained"] for s, w in worth.items()}
+        lines += ["", "What the spiking branch is worth to the full STFT's prediction (stage-2 test HM at "
+                  "the run's b; `stft_neuro/branch_worth.py`):", "",
+                  "| spiking output at test | HM | HM - as trained (95% CI) |", "|---|---|---|"]
+        for key, label in (("as_trained", "as trained"), ("shuffled", "shuffled across samples"),
+                           ("zeroed", "zeroed")):
+            vals = {s: w[key] for s, w in worth.items()}
+            m, sd = mean_sd(list(vals.values()))
+            lines.append(f"| {label} | {m:.1f} ± {sd:.1f} | "
+                         + ("—" if key == "as_trained" else _diff_cell(vals, as_trained)) + " |")
     return "\n".join(lines)
 
 
 def report(args: argparse.Namespace) -> int:
-    out = Path(args.out or HERE / "results" / "quality_UCF_real.json")
+    out = Path(args.out or HERE / "results" / "quality16_UCF_real.json")
     if not out.is_file():
         raise UserError(f"no results file {out}: run `bench/bench_quality.py run` first")
     data = json.loads(out.read_text())
@@ -306,7 +329,7 @@ def report(args: argparse.Namespace) -> int:
         from markdown import replace_section
         cmd = "python bench/bench_quality.py run " + " ".join(f"--set {o}" for o in data["overrides"]
                                                              if o not in DEFAULT_SET)
-        replace_section(f"Model quality, real-size synthetic {base.data.dataset} (issue #11)", text, cmd.strip())
+        replace_section(f"Model quality, real-size synthetic {base.data.dataset} (issue #16)", text, cmd.strip())
     return 0
 
 

@@ -116,8 +116,10 @@ class FusionConfig:
     """Temporal-semantic Tucker fusion. ``kind``: ``"tucker"`` or ``"concat"`` (ablation).
     ``ranks``: one Tucker fusion per rank (multi-scale), summed. ``width``: internal width;
     ``embed_dim``: the joint embedding compared with projected class embeddings.
+    ``text_projection``, ``word_geometry``, ``skip``: ``"auto"`` (the default) takes the value of
+    the benchmark size's recipe (``RECIPES``: ``data.sizes=real`` selects the real-size recipe).
     ``text_projection``: how word2vec (300-d) maps to that space: ``"mlp"`` (AVCA's, 300 -> width ->
-    embed_dim; the default) or ``"linear"`` (one linear map). On real-size synthetic UCF the linear
+    embed_dim) or ``"linear"`` (one linear map). On real-size synthetic UCF the linear
     map gave +4.3 HM [+0.6, +8.1] over the MLP in the full STFT (95% CI, paired over seeds 0-4), and
     only with it does STFT clear the ridge baseline by more than 5 HM outside the CI (issue #11,
     ``bench/bench_quality.py``, BENCHMARKS.md): use ``fusion.text_projection=linear`` for real-size
@@ -132,17 +134,20 @@ class FusionConfig:
     ``output_norm``: LayerNorm the fusion's output before it joins the skip path ``W r``, so that
     the two enter the joint embedding at the same scale. Without it a trained full STFT (real-size
     UCF, seed 0) had RMS 0.027 on the fusion against 0.60 on the skip, and zeroing the spiking
-    vector at test time moved validation HM by 0.4 points (bench/bench_quality_diagnose.py)."""
+    vector at test time moved validation HM by 0.4 points (bench/bench_quality_diagnose.py).
+    ``word_geometry``: the class word table the model sees (``model/word_geometry.py``: ``raw``,
+    ``centred``, ``centred_unit``). ``skip``: the linear paths beside the fusion into the joint
+    embedding (``STFT.joint_from``): ``transformer`` (``W r``), ``spiking`` (``W s``) or ``both``."""
 
     kind: str = "tucker"
     ranks: tuple[int, ...] = (16, 32)
     width: int = 256
     embed_dim: int = 64
     dropout: float = 0.1
-    text_projection: str = "mlp"
+    text_projection: str = "auto"
     output_norm: bool = False
-    word_geometry: str = "raw"
-    skip: str = "transformer"
+    word_geometry: str = "auto"
+    skip: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,25 @@ class TrainConfig:
     threads: int = 0
 
 
+#: The recipe's choices that differ between benchmark sizes (``"auto"`` in FusionConfig resolves to
+#: these; ``recipe_name`` says which applies). Why they differ (issue #16, BENCHMARKS.md):
+#: - ``real`` (``data.sizes=real``, or real features): the linear text projection (+4.3 HM over
+#:   AVCA's MLP, issue #11), the centred unit-normalised word table and skip paths from both the
+#:   transformer and the spiking branch, chosen on stage-1 validation of real-size synthetic UCF;
+#: - ``small`` (the demo and the tests: 24 training samples per class): the linear projection
+#:   stalls on a plateau there (FusionConfig's docstring), so AVCA's MLP, the raw table and the
+#:   transformer skip, the recipe the demo's figures were measured with.
+RECIPES: dict[str, dict[str, str]] = {
+    "real": {"text_projection": "linear", "word_geometry": "centred_unit", "skip": "both"},
+    "small": {"text_projection": "mlp", "word_geometry": "raw", "skip": "transformer"},
+}
+
+
+def recipe_name(data: DataConfig) -> str:
+    """``"real"`` for real-size synthetic data or real features, else ``"small"``."""
+    return "real" if data.sizes == "real" or data.source != "synthetic" else "small"
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,6 +202,17 @@ class Config:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # Resolve the fusion keys left at "auto" for the benchmark's size (RECIPES): every Config,
+        # however built, holds concrete values, and a run's config.json records them.
+        # ``auto_keys`` remembers them, so that ``from_dict`` re-resolves them when an override
+        # changes the data section on top of a resolved base.
+        recipe = RECIPES[recipe_name(self.data)]
+        auto = {k: v for k, v in recipe.items() if getattr(self.fusion, k) == "auto"}
+        if auto:
+            object.__setattr__(self, "fusion", dataclasses.replace(self.fusion, **auto))
+        object.__setattr__(self, "auto_keys", frozenset(auto))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -235,6 +270,9 @@ def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     sections = {}
     for name in SECTIONS:
         sections[name] = getattr(base, name)
+    # keys the base took from its recipe go back to "auto" unless set here (Config.__post_init__)
+    unset = {k: "auto" for k in getattr(base, "auto_keys", ()) if k not in raw.get("fusion", {})}
+    sections["fusion"] = dataclasses.replace(sections["fusion"], **unset)
     for name, values in raw.items():
         if name not in SECTIONS:
             raise ConfigError(f"config: unknown section {name!r} (sections: {', '.join(SECTIONS)})")
