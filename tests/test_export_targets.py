@@ -51,43 +51,55 @@ def runs(tmp_path_factory):
     return run, qat
 
 
+class _Bundles(dict):
+    """``bundles[run, target]``: the bundle ``export --target target`` writes from the default run
+    (``"run"``) or its QAT (``"qat"``), exported on first use (each ONNX export takes seconds)."""
+
+    def __init__(self, runs, root):
+        super().__init__()
+        self.runs, self.root = dict(zip(("run", "qat"), runs)), root
+
+    def __missing__(self, key):
+        name, target = key
+        b = self.root / f"{name}-{target}"
+        assert main(["export", "--json", "--checkpoint", str(self.runs[name]), "--target", target,
+                     "--out", str(b)]) == 0
+        self[key] = b
+        return b
+
+
 @pytest.fixture(scope="module")
 def bundles(runs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundles18")
-    out = {}
-    for name, run in zip(("run", "qat"), runs):
-        for target in ("lava", "nir", "onnx", "all"):
-            b = root / f"{name}-{target}"
-            assert main(["export", "--json", "--checkpoint", str(run), "--target", target, "--out", str(b)]) == 0
-            out[name, target] = b
-    return out
+    return _Bundles(runs, tmp_path_factory.mktemp("bundles18"))
 
 
-def test_every_target_exports_from_default_runs_and_says_which_plan_each_file_carries(bundles):
-    for (name, target), path in bundles.items():
-        b = load_bundle(path)  # checksums and consistency of every file
-        m = b.manifest
-        # the default quantization is what netx cannot carry: export derived the netx plan
-        assert netx_problem(b.plan) is not None, f"{name}: the default plan became netx-representable"
-        carried = {f: p for p, info in m["plans"].items() for f in info["carried_by"]}
-        if target in ("lava", "all"):
-            assert carried["spiking_netx.h5"] == "plan_netx.safetensors"
-            assert netx_problem(b.netx_plan) is None
-            cost = m["netx_cost"]
-            assert cost["static"]["layers"][0]["name"] == "lif1"
-            assert set(cost["hm"]) == {"run_plan", "netx_plan", "hm_difference"}
-            assert cost["hm"]["hm_difference"] == pytest.approx(
-                cost["hm"]["netx_plan"]["HM"] - cost["hm"]["run_plan"]["HM"])
-            # the same input scale, sizes and timing; only the integers differ
-            assert plan_difference(b.plan, b.netx_plan) is not None
-            for key in ("input_scale", "sizes", "num_steps", "dt"):
-                assert b.plan.to_dict()[key] == b.netx_plan.to_dict()[key]
-        else:
-            assert "plan_netx.safetensors" not in m["files"] and m["netx_cost"] is None
-        if target in ("nir", "all"):
-            assert carried["spiking.nir"] == "plan.safetensors"
-        if target in ("onnx", "all"):
-            assert carried["host_encoder.onnx"] == "plan.safetensors"
+@pytest.mark.parametrize("target", ["lava", "nir", "onnx", "all"])
+@pytest.mark.parametrize("name", ["run", "qat"])
+def test_every_target_exports_from_default_runs_and_says_which_plan_each_file_carries(bundles, name, target):
+    path = bundles[name, target]
+    b = load_bundle(path)  # checksums and consistency of every file
+    m = b.manifest
+    # the default quantization is what netx cannot carry: export derived the netx plan
+    assert netx_problem(b.plan) is not None, f"{name}: the default plan became netx-representable"
+    carried = {f: p for p, info in m["plans"].items() for f in info["carried_by"]}
+    if target in ("lava", "all"):
+        assert carried["spiking_netx.h5"] == "plan_netx.safetensors"
+        assert netx_problem(b.netx_plan) is None
+        cost = m["netx_cost"]
+        assert cost["static"]["layers"][0]["name"] == "lif1"
+        assert set(cost["hm"]) == {"run_plan", "netx_plan", "hm_difference"}
+        assert cost["hm"]["hm_difference"] == pytest.approx(
+            cost["hm"]["netx_plan"]["HM"] - cost["hm"]["run_plan"]["HM"])
+        # the same input scale, sizes and timing; only the integers differ
+        assert plan_difference(b.plan, b.netx_plan) is not None
+        for key in ("input_scale", "sizes", "num_steps", "dt"):
+            assert b.plan.to_dict()[key] == b.netx_plan.to_dict()[key]
+    else:
+        assert "plan_netx.safetensors" not in m["files"] and m["netx_cost"] is None
+    if target in ("nir", "all"):
+        assert carried["spiking.nir"] == "plan.safetensors"
+    if target in ("onnx", "all"):
+        assert carried["host_encoder.onnx"] == "plan.safetensors"
 
 
 def test_a_netx_compatible_run_needs_no_derived_plan(runs, tmp_path):
