@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,7 +207,7 @@ def _simulate(tmp_path, *args) -> tuple[dict, dict]:
     assert main(["simulate", "--json", "--out", str(out), *args]) == 0
     with np.load(out / "records.npz") as z:
         rec = {k: z[k] for k in z.files}
-    return rec, json.loads((out / "results.json").read_text())
+    return rec, {**json.loads((out / "results.json").read_text()), "_out": str(out)}
 
 
 @pytest.mark.lava
@@ -246,9 +247,14 @@ def test_chip_from_netx_runs_the_netx_file_in_netx_network_like_the_reference(st
     assert ref["spikes_1"].any() and ref["spikes_2"].any(), "every layer must spike"
     for key in ref:
         assert np.array_equal(lava[key], ref[key]), key
-    # the plan the netx file carries runs as itself: from plan_netx.safetensors on the reference
+    # the netx file carries the plan derived for netx, which differs from the run's (and from the
+    # ONNX host's threshold scales, unused without cue graphs): the host converts with it
     b = load_bundle(bundle)
-    assert res_ref["sizes"] == list(b.netx_plan.sizes)
+    assert "plan_netx.safetensors" in b.manifest["files"]
+    assert plan_difference(b.plan, b.netx_plan) is not None
+    for res in (res_ref, res_lava):
+        ran = DeploymentPlan.load(Path(res["_out"]) / "plan.safetensors")
+        assert plan_difference(b.netx_plan, ran) is None
 
 
 def test_chip_from_netx_refuses_dynamic_thresholds_and_other_bad_input(bundles, runs, tmp_path, capsys):
@@ -303,3 +309,26 @@ def test_exported_netx_file_is_bit_exact_at_the_real_size_on_benchmark_samples(t
     for l, (r, g) in enumerate(zip(ref, got)):
         assert float(r.sum()) > 0, f"layer {l + 1} must spike (the regime was not reached)"
         assert torch.equal(r.float(), g.float()), f"layer {l + 1} differs"
+
+
+def test_what_even_the_derived_plan_cannot_carry_is_one_line_and_leaves_nothing(runs, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A derived plan netx still cannot carry (here: layer 1's weights all rounded to 0, injected)
+    ends the export in one line naming the layer and parameter; nothing is written."""
+    import dataclasses
+
+    from stft_neuro.export import netx_plan as NP
+    from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
+    real = NP.derive_netx_plan
+
+    def zeroed(chip):
+        plan, report = real(chip)
+        first = dataclasses.replace(plan.network.layers[0], weight=np.zeros_like(plan.network.layers[0].weight))
+        net = FixedPointNetwork((first, *plan.network.layers[1:]))
+        return dataclasses.replace(plan, network=net), report
+    monkeypatch.setattr(NP, "derive_netx_plan", zeroed)
+    out = tmp_path / "b"
+    code, _, err = run_cli(capsys, "export", "--checkpoint", str(runs[1]), "--target", "lava", "--out", str(out))
+    assert_one_line_error(code, err, "even the plan derived for netx cannot be written: netx cannot carry "
+                                     "layer 0 (lif1): weight")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

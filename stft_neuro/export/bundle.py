@@ -337,7 +337,11 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             try:
                 netx = write_netx(netx_plan if netx_plan is not None else plan, tmp / NETX_FILE)
             except NetxUnrepresentableError as exc:
-                raise UserError(f"export --target {target}: {exc}") from None
+                if netx_plan is None:
+                    raise UserError(f"export --target {target}: {exc}") from None
+                what = str(exc).split("; quantize with")[0]  # that advice was followed: the derived plan
+                raise UserError(f"export --target {target}: even the plan derived for netx cannot be "
+                                f"written: {what}") from None
             carries[NETX_FILE] = NETX_PLAN_FILE if netx_plan is not None else PLAN_FILE
             timings[NETX_FILE] = time.perf_counter() - t0
             say(f"wrote {NETX_FILE}" + (f" (the plan derived for netx, {NETX_PLAN_FILE})"
