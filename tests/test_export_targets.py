@@ -332,3 +332,24 @@ def test_what_even_the_derived_plan_cannot_carry_is_one_line_and_leaves_nothing(
     assert_one_line_error(code, err, "even the plan derived for netx cannot be written: netx cannot carry "
                                      "layer 0 (lif1): weight")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.lava
+def test_the_demo_fails_when_lava_differs_from_the_reference(capsys, tmp_path, monkeypatch):
+    """`make demo` enforces Lava == reference: a Lava session that flips one spike (injected) ends
+    the demo with exit status 1 and one line naming the records that differ."""
+    from stft_neuro.sim.lava_session import LavaSession
+    real_step = LavaSession.step
+
+    def flipped(self, x_t, theta_t, state):
+        spikes, state = real_step(self, x_t, theta_t, state)
+        first = spikes[0].clone()
+        first[0, 0] = 1 - first[0, 0]
+        return (first, *spikes[1:]), state
+    monkeypatch.setattr(LavaSession, "step", flipped)
+    code, out, err = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), *_sets(*TINY))
+    errors = [ln for ln in err.splitlines() if "error" in ln]  # stderr also carries training progress
+    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("stft-neuro: error: demo: the Lava hybrid run differs from the reference "
+                                "simulator's in spikes_1"), errors[0]
+    assert "Lava == reference" not in out
