@@ -79,6 +79,11 @@ class SpikingConfig:
     embedding space, trained with the same triplet and projection losses as the audio and visual
     ones (``STFT.spike_proj``), so the chip is taught to carry class information whatever the
     fusion does with it (runs before issue #16: false).
+    ``energy_budget_uj``: the chip's energy per sample (uJ, the report's estimate;
+    ``SpikingBranch.chip_energy``) that training holds the branch to; 0 turns the term off. The
+    trainer adds ``lambda (E / budget - 1)`` to the loss and raises the multiplier ``lambda >= 0`` by
+    ``energy_multiplier_lr (E / budget - 1)`` after every batch (dual ascent: it grows while the
+    budget is exceeded and decays to 0 when it is met), in float training and in QAT alike.
     """
 
     enabled: bool = True
@@ -97,6 +102,8 @@ class SpikingConfig:
     bias: bool = True
     readout_after_latency: bool = False
     head: bool = False
+    energy_budget_uj: float = 0.0
+    energy_multiplier_lr: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -361,6 +368,8 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.spiking.du <= 1.0 and 0.0 <= cfg.spiking.dv <= 1.0,
          "spiking.du and spiking.dv must lie in [0, 1]"),
         (cfg.spiking.threshold > 0, "spiking.threshold must be > 0"),
+        (cfg.spiking.energy_budget_uj >= 0, "spiking.energy_budget_uj must be >= 0 (0: no energy term)"),
+        (cfg.spiking.energy_multiplier_lr > 0, "spiking.energy_multiplier_lr must be > 0"),
         (2 <= cfg.spiking.input_bits <= 8, "spiking.input_bits must lie in 2..8 (signed graded payload)"),
         (cfg.transformer.dim % cfg.transformer.heads == 0, "transformer.dim must be a multiple of transformer.heads"),
         (cfg.fusion.kind in ("tucker", "concat"), "fusion.kind must be tucker or concat"),

@@ -30,7 +30,7 @@ from stft_neuro.errors import CheckpointError
 from stft_neuro.model.stft import STFT
 from stft_neuro.distributed import LOCAL, DataParallel
 from stft_neuro.train import (epoch_seed, evaluate_split_pair, loss_step, resolve_device, seed_everything,
-                              train_epoch)
+                              EnergyBudget, train_epoch)
 
 CALIBRATION_SAMPLES = 512
 
@@ -58,15 +58,16 @@ def quantization_summary(model: STFT) -> dict:
 
 def load_float_run(float_run: str | Path, overrides: list[str] | None = None):
     """The float run to fine-tune -> (model, config with ``overrides``, meta); refuses a QAT run and
-    overrides other than ``train.*`` and ``spiking.netx_compatible`` (one-line CheckpointError)."""
+    overrides other than ``train.*``, ``spiking.netx_compatible`` and the energy budget
+    (``spiking.energy_budget_uj``, ``spiking.energy_multiplier_lr``) (one-line CheckpointError)."""
     model, cfg, meta = load_run(float_run)
     if meta.get("deploy"):
         raise CheckpointError(f"{float_run} is already a QAT run; give the float run it came from")
-    allowed = ("train.", "spiking.netx_compatible=")
+    allowed = ("train.", "spiking.netx_compatible=", "spiking.energy_budget_uj=", "spiking.energy_multiplier_lr=")
     bad = [o for o in overrides or [] if not o.strip().startswith(allowed)]
     if bad:
-        raise CheckpointError(f"QAT keeps the float run's model: only train.* and "
-                              f"spiking.netx_compatible can be set, not {bad[0]!r}")
+        raise CheckpointError(f"QAT keeps the float run's model: only train.*, spiking.netx_compatible "
+                              f"and spiking.energy_* can be set, not {bad[0]!r}")
     return model, config_mod.load(overrides=overrides or [], base=cfg), meta
 
 
@@ -104,6 +105,7 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg.to_dict())
     step = loss_step(model, split, w2v, train_classes, cfg, device, dp)
+    energy = EnergyBudget.of(cfg)  # spiking.energy_budget_uj: the deployed chip's exact estimate
     for epoch in range(cfg.train.epochs):
         seed = epoch_seed(cfg.train.seed, 3, epoch)  # stage "3": QAT
         torch.manual_seed(dp.seed(seed))
@@ -115,7 +117,8 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
                 on_batch(loss)
 
         t0 = time.perf_counter()
-        losses = train_epoch(model, split, w2v, train_classes, opt, cfg, device, seed, batch_hook, step, dp)
+        losses = train_epoch(model, split, w2v, train_classes, opt, cfg, device, seed, batch_hook, step, dp,
+                             energy)
         seconds = time.perf_counter() - t0
         row = {"stage": "qat", "epoch": epoch + 1, "seconds": seconds,
                "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()},

@@ -137,6 +137,33 @@ def loss_step(model: STFT, split: Split, w2v: torch.Tensor, train_classes: torch
 
 
 @dataclass
+class EnergyBudget:
+    """The chip-energy constraint of ``spiking.energy_budget_uj``, held by a Lagrange multiplier.
+
+    Per batch the loss gets ``multiplier * (E / budget - 1)`` (``E``: ``SpikingBranch.chip_energy``,
+    uJ per sample, with gradients) and then the multiplier takes a dual-ascent step
+    ``max(0, multiplier + lr * (E / budget - 1))`` with the batch's global E: it grows while the
+    branch spends more than the budget and shrinks back to 0 once it spends less, so the task loss
+    is left alone when the budget is met (a fixed weight would keep pushing)."""
+
+    budget_uj: float
+    lr: float
+    multiplier: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: Config, multiplier: float = 0.0) -> EnergyBudget | None:
+        s = cfg.spiking
+        return cls(s.energy_budget_uj, s.energy_multiplier_lr, multiplier) \
+            if s.enabled and s.energy_budget_uj > 0 else None
+
+    def term(self, energy_uj: torch.Tensor) -> torch.Tensor:
+        return self.multiplier * (energy_uj / self.budget_uj - 1.0)
+
+    def update(self, energy_uj: float) -> None:
+        self.multiplier = max(0.0, self.multiplier + self.lr * (energy_uj / self.budget_uj - 1.0))
+
+
+@dataclass
 class Progress:
     """Training progress, saved in meta.json after every epoch (the resume point)."""
 
@@ -147,13 +174,17 @@ class Progress:
     best_bias: float = 0.0
     history: list[dict] = field(default_factory=list)
     done: bool = False
+    energy_multiplier: float = 0.0  # EnergyBudget.multiplier (spiking.energy_budget_uj)
 
 
 def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: torch.Tensor,
                 opt: torch.optim.Optimizer, cfg: Config, device: torch.device, seed: int,
                 on_batch: Callable[[float], None] | None = None, step: torch.nn.Module | None = None,
-                dp: DataParallel = LOCAL) -> dict[str, float]:
+                dp: DataParallel = LOCAL, energy: EnergyBudget | None = None) -> dict[str, float]:
     """One pass over ``split``; returns mean loss terms (means over batches of global-batch means).
+
+    ``energy``: the chip-energy budget (its multiplier is updated in place after every batch); the
+    terms then include ``energy_uj`` (the estimate, uJ per sample) and ``energy_multiplier``.
 
     The permutation (seeded ``seed``) and the global batches are those of one process; with ``dp``
     active this rank computes its share of each (``dp.shard``) through ``step`` (``loss_step``'s DDP
@@ -173,10 +204,18 @@ def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: tor
         y = torch.as_tensor(split.labels[idx], device=device)
         out, text_emb = step(a, v, n, w2v)
         losses = stft_loss(out, text_emb, w2v, y, cfg.train.margin, train_classes)
+        if energy is not None:
+            e_uj = model.spiking.chip_energy(out["record"]).total_uj
+            losses["total"] = losses["total"] + energy.term(e_uj).to(losses["total"].dtype)
+            losses["energy_uj"] = e_uj.to(losses["total"].dtype)
         opt.zero_grad(set_to_none=True)
         (losses["total"] if weight == 1.0 else losses["total"] * weight).backward()
         opt.step()
         values = dp.global_mean(torch.stack([val.detach() for val in losses.values()]), weight).tolist()
+        if energy is not None:
+            energy.update(values[list(losses).index("energy_uj")])
+            losses["energy_multiplier"] = torch.tensor(energy.multiplier)
+            values.append(energy.multiplier)
         for k, val in zip(losses, values):
             totals[k] = totals.get(k, 0.0) + val
         batches += 1
@@ -314,8 +353,11 @@ class Trainer:
                 torch.manual_seed(self.dp.seed(seed))
                 batch_losses: list[float] = []
                 t0 = time.perf_counter()
+                energy = EnergyBudget.of(self.cfg, progress.energy_multiplier)
                 losses = train_epoch(model, split, self.w2v, train_classes, opt, self.cfg, self.device,
-                                     seed, self._batch_hook(batch_losses), step, self.dp)
+                                     seed, self._batch_hook(batch_losses), step, self.dp, energy)
+                if energy is not None:
+                    progress.energy_multiplier = energy.multiplier
                 seconds = time.perf_counter() - t0
                 progress.epoch += 1
                 row = {"stage": stage, "epoch": progress.epoch, "seconds": seconds,

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from stft_neuro.config import SpikingConfig
 from stft_neuro.contract import SpikingBackend
 from stft_neuro.hw_targets.loihi2 import quantize
+from stft_neuro.hw_targets.loihi2.energy import ChipEnergy, chip_energy_of_record, chip_weights
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.model.spiking import ChipNetwork
 
@@ -91,10 +92,11 @@ def binary_entropy_bits(p: Tensor) -> Tensor:
 
 @dataclass
 class SpikeRecord:
-    """What the host received from the chip: per-layer spikes (T, B, n_l) and the thetas it sent."""
+    """What crossed the bridge: per-layer spikes (T, B, n_l) received, the thetas and the inputs sent."""
 
     spikes: tuple[Tensor, ...]
     theta: Tensor | None  # (T, B, L), in the backend's units (mantissa offsets for integer backends)
+    sent: Tensor | None = None  # (T, B, n_in): payloads (integer backends) or float currents
 
 
 class SpikingBranch(nn.Module):
@@ -188,7 +190,7 @@ class SpikingBranch(nn.Module):
         sent = x if plan is None else plan.encode_input(x)
         if not self.cfg.dynamic_threshold:
             spikes, _ = backend.run(sent, None, state)
-            return SpikeRecord(spikes=spikes, theta=None)
+            return SpikeRecord(spikes=spikes, theta=None, sent=sent)
         cue = self.initial_cue(g)
         per_step, thetas = [], []
         for t in range(x.shape[0]):
@@ -198,7 +200,7 @@ class SpikingBranch(nn.Module):
             per_step.append(spikes_t)
             cue = self.threshold_cue(spikes_t, g)
         spikes = tuple(torch.stack([s[l] for s in per_step]) for l in range(len(per_step[0])))
-        return SpikeRecord(spikes=spikes, theta=torch.stack(thetas))
+        return SpikeRecord(spikes=spikes, theta=torch.stack(thetas), sent=sent)
 
     @property
     def readout_start(self) -> int:
@@ -208,6 +210,28 @@ class SpikingBranch(nn.Module):
         sample. Read over all steps, TSF learnt to put 76 % of its weight on those three empty
         steps (real-size UCF, seed 0), shrinking the branch's output to a near-constant."""
         return len(self.cfg.hidden) if self.cfg.readout_after_latency else 0
+
+    def chip_energy(self, record: SpikeRecord) -> ChipEnergy:
+        """The chip's energy per sample for one driven batch (an estimate, with gradients;
+        ``hw_targets/loihi2/energy.py``): the report's per-operation model and definitions.
+
+        Deploy mode (QAT): the payloads sent, the plan's Lava-effective weights (straight-through
+        to the float weights), the integer spikes and the exact active-update replay: the value is
+        what the report counts on the deployed run. Float mode (no plan yet): the float currents
+        as payloads of a scale calibrated on this batch (``quantize.input_scale_for`` of the
+        99.9th percentile, as ``calibrate_input`` does; rounded, straight-through), the float
+        weights (every weight a synapse), every neuron update counted active (an upper bound):
+        an approximation of the deployed value that trains the same levers (spike counts and
+        zero payloads)."""
+        if self.deploy:
+            plan, report = self.chip.deployment_plan()
+            weights = chip_weights(plan, report, list(self.chip.weights))
+            return chip_energy_of_record(record, record.sent, weights, plan=plan)
+        x = record.sent
+        ref = float(torch.quantile(x.detach().abs().flatten().float()[:2_000_000], 0.999))
+        p = x / quantize.input_scale_for(ref, self.cfg.input_bits)
+        p = p + (p.round() - p).detach()
+        return chip_energy_of_record(record, p, list(self.chip.weights), active_updates="all")
 
     def readout(self, out_spikes: Tensor) -> Tensor:
         """TSF (or mean) over steps ``readout_start..T-1`` of the last layer's spikes (T, B, n_L) ->

@@ -91,6 +91,7 @@ class STFT(nn.Module):
         if self.spiking is not None:
             s, record = self.spiking(audio, visual, lengths, backend)  # (B, n_L)
             out["spikes"] = record.spikes
+            out["record"] = record
             if record.theta is not None:
                 out["theta"] = record.theta
         else:
