@@ -231,6 +231,7 @@ def plan_from_nir(graph: "nir.NIRGraph", where: str = "NIR graph") -> Deployment
         return DeploymentPlan(network=FixedPointNetwork(tuple(layers)),
                               input_scale=float(head["input_scale"]),
                               threshold_scales=tuple(head["threshold_scales"]),
-                              num_steps=int(head["num_steps"]), dt=float(head["dt"]))
+                              num_steps=int(head["num_steps"]), dt=float(head["dt"]),
+                              payload_dead_zone=int(head.get("payload_dead_zone", 0)))
     except TargetError as exc:
         raise NIRExportError(f"{where}: {exc}") from None

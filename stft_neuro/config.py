@@ -84,6 +84,10 @@ class SpikingConfig:
     trainer adds ``lambda (E / budget - 1)`` to the loss and raises the multiplier ``lambda >= 0`` by
     ``energy_multiplier_lr (E / budget - 1)`` after every batch (dual ascent: it grows while the
     budget is exceeded and decays to 0 when it is met), in float training and in QAT alike.
+    ``payload_dead_zone``: host->chip payloads with ``|q| <= k`` are sent as 0 (they cost no
+    synaptic operation on Loihi; ``DeploymentPlan.payload_dead_zone``); 0 sends every payload.
+    Part of the plan, so QAT trains with it and every backend runs it (BENCHMARKS.md: chip energy
+    per sample against k).
     """
 
     enabled: bool = True
@@ -104,6 +108,7 @@ class SpikingConfig:
     head: bool = False
     energy_budget_uj: float = 0.0
     energy_multiplier_lr: float = 0.05
+    payload_dead_zone: int = 0
 
 
 @dataclass(frozen=True)
@@ -370,6 +375,8 @@ def validate(cfg: Config) -> None:
         (cfg.spiking.threshold > 0, "spiking.threshold must be > 0"),
         (cfg.spiking.energy_budget_uj >= 0, "spiking.energy_budget_uj must be >= 0 (0: no energy term)"),
         (cfg.spiking.energy_multiplier_lr > 0, "spiking.energy_multiplier_lr must be > 0"),
+        (0 <= cfg.spiking.payload_dead_zone < 2 ** (cfg.spiking.input_bits - 1) - 1,
+         "spiking.payload_dead_zone must lie in 0 .. 2^(input_bits-1) - 2 (payload units)"),
         (2 <= cfg.spiking.input_bits <= 8, "spiking.input_bits must lie in 2..8 (signed graded payload)"),
         (cfg.transformer.dim % cfg.transformer.heads == 0, "transformer.dim must be a multiple of transformer.heads"),
         (cfg.fusion.kind in ("tucker", "concat"), "fusion.kind must be tucker or concat"),

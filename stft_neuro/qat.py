@@ -58,16 +58,18 @@ def quantization_summary(model: STFT) -> dict:
 
 def load_float_run(float_run: str | Path, overrides: list[str] | None = None):
     """The float run to fine-tune -> (model, config with ``overrides``, meta); refuses a QAT run and
-    overrides other than ``train.*``, ``spiking.netx_compatible`` and the energy budget
-    (``spiking.energy_budget_uj``, ``spiking.energy_multiplier_lr``) (one-line CheckpointError)."""
+    overrides other than ``train.*``, ``spiking.netx_compatible``, the energy budget
+    (``spiking.energy_budget_uj``, ``spiking.energy_multiplier_lr``) and the payload dead zone
+    (``spiking.payload_dead_zone``) (one-line CheckpointError)."""
     model, cfg, meta = load_run(float_run)
     if meta.get("deploy"):
         raise CheckpointError(f"{float_run} is already a QAT run; give the float run it came from")
-    allowed = ("train.", "spiking.netx_compatible=", "spiking.energy_budget_uj=", "spiking.energy_multiplier_lr=")
+    allowed = ("train.", "spiking.netx_compatible=", "spiking.energy_budget_uj=", "spiking.energy_multiplier_lr=",
+               "spiking.payload_dead_zone=")
     bad = [o for o in overrides or [] if not o.strip().startswith(allowed)]
     if bad:
         raise CheckpointError(f"QAT keeps the float run's model: only train.*, spiking.netx_compatible "
-                              f"and spiking.energy_* can be set, not {bad[0]!r}")
+                              f"spiking.energy_* and spiking.payload_dead_zone can be set, not {bad[0]!r}")
     return model, config_mod.load(overrides=overrides or [], base=cfg), meta
 
 
@@ -82,6 +84,7 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
     model, cfg, meta = load_float_run(float_run, overrides)
     if model.spiking is not None:  # the quantizer target of the plans QAT trains for
         model.spiking.chip.netx_compatible = cfg.spiking.netx_compatible
+        model.spiking.chip.payload_dead_zone = cfg.spiking.payload_dead_zone
     device = dp.device if dp.active else resolve_device(cfg.train.device)
     bench = bench or load_benchmark(cfg.data)
     model = model.to(device)

@@ -82,6 +82,21 @@ def test_saved_dead_zone_round_trips_and_old_readers_refuse_it(tmp_path):
         DeploymentPlan.load(tmp_path / "bad.safetensors")
 
 
+def test_dead_zone_survives_the_nir_file(tmp_path):
+    """The interchange file carries the dead zone: plan -> NIR -> plan is the same plan."""
+    import nir
+    from stft_neuro.converters.nir_out import plan_from_nir, plan_to_nir
+    plan = _with_dead_zone(quantized_plan(2, 4), 5)
+    nir.write(str(tmp_path / "p.nir"), plan_to_nir(plan))
+    back = plan_from_nir(nir.read(str(tmp_path / "p.nir")))
+    assert back.payload_dead_zone == 5 and back.to_dict() == plan.to_dict()
+
+
+def test_config_key_sets_the_chips_dead_zone():
+    br = SpikingBranch(24, 20, SpikingConfig(input_dim=16, hidden=(12, 8), num_steps=4, payload_dead_zone=3))
+    assert br.chip.payload_dead_zone == 3
+
+
 @pytest.mark.parametrize("k", [-1, 129, 1.5])
 def test_bad_dead_zone_is_refused(k):
     with pytest.raises(PlanFormatError, match="payload_dead_zone"):

@@ -114,6 +114,7 @@ class SpikingBranch(nn.Module):
         self.chip = ChipNetwork((cfg.input_dim, *cfg.hidden), cfg.du, cfg.dv, cfg.threshold,
                                 cfg.surrogate_slope, cfg.input_bits, cfg.num_steps,
                                 netx_compatible=cfg.netx_compatible, bias=cfg.bias)
+        self.chip.payload_dead_zone = cfg.payload_dead_zone
         n_layers = len(cfg.hidden)
         if cfg.dynamic_threshold:
             self.cue_info = nn.Parameter(torch.full((n_layers,), -1.0))
