@@ -1,27 +1,34 @@
-"""Rankable model quality (issue #11): STFT, its ablations and two baselines, paired over seeds.
+"""Rankable model quality (issue #16): the full STFT against the strongest baselines, paired over seeds.
 
     .venv/bin/python bench/bench_quality.py run    [--seeds 0 1 2 3 4] [--variants ...] [--set k=v ...]
                                                    [--ray [ADDRESS] [--ray-workers N]]
-    .venv/bin/python bench/bench_quality.py report [--out FILE]
+    .venv/bin/python bench/bench_quality.py report [--out FILE] [--write]
 
 ``run`` trains every (variant, seed) by the AVCA protocol (stage 1 picks the epoch count and the
 calibration b on validation; stage 2 retrains and tests at that b) on the synthetic benchmark with
 ``data.sizes=real`` by default (the real UCF-GZSL per-class sample counts). Seed ``k`` sets both
 ``data.seed`` and ``train.seed``, so every variant is paired with the full model on the same data.
 
+Variants (``VARIANTS``): two ridge families whose member is chosen on stage-1 validation
+(``stft_neuro/baselines/ridge.py``: ``FAMILY``, issue #16's 24 members, and ``EXTENDED_FAMILY``);
+the full STFT with the real-size recipe (``RECIPE``, what ``data.sizes=real`` selects); the
+AVCA-like model with the same recipe; the full STFT without its spiking branch. For the full STFT
+the row also records what the spiking branch is worth on the test split: HM with its output zeroed
+and shuffled across samples (``stft_neuro/branch_worth.py``).
+
 Resumable: each finished (variant, seed) is written at once to the results JSON (``--out``,
-default ``bench/results/quality_<dataset>_<sizes>.json``), and a rerun with the same settings skips
-those; a run cut off mid-training resumes from its last epoch (run folders under ``--work``). Runs
-go in priority order: ridge, full STFT (with the linear text projection, issue #11's fix), AVCA-like
-and the STFT with AVCA's MLP text projection (the config default) on every seed first, then the
-ablations (of the MLP model), so
-that a sweep stopped early still has the paired comparison that matters most. The settings that
-define the benchmark (overrides, seeds' meaning) are stored in the file; a rerun with different
-overrides refuses to mix them.
+default ``bench/results/quality16_<dataset>_<sizes>.json``), and a rerun with the same settings
+skips those; a run cut off mid-training resumes from its last epoch (run folders under ``--work``).
+Runs go in priority order: the ridge family, the full STFT and the AVCA-like model on every seed
+first, then the rest, so that a sweep stopped early still has the paired comparison that matters
+most. The settings that define the benchmark (overrides, seeds' meaning) are stored in the file; a
+rerun with different overrides refuses to mix them.
 
 ``report`` prints the markdown table: S/U/HM/ZSL mean +- sd over seeds, each variant's paired HM
-difference to the full STFT (the ablations: to the MLP-projection STFT, ``BASE``) with its 95% t-interval (``stft_neuro.baselines.compare``), chance,
-and the median wall time per run; with ``--write`` it also replaces the section of BENCHMARKS.md.
+difference to the full STFT with its 95% t-interval (``stft_neuro.baselines.compare``), chance,
+the median wall time per run, and the spiking branch's worth; with ``--write`` it also replaces the
+section of BENCHMARKS.md. The issue #11 table (``bench/results/quality_UCF_real.json``) was made by
+this script's earlier variant list (git history) and is kept as it was.
 With ``--ray`` every (variant, seed) is one Ray task (``stft_neuro/shard.py``; a local Ray
 with one worker per core, or the cluster at ADDRESS), recorded in the same file as it finishes.
 Run it under ``nohup`` for the background; ``train.threads=1`` (the default here) keeps one core
