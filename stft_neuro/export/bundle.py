@@ -217,10 +217,11 @@ def verify_consistency(path: Path, manifest: dict, plan: DeploymentPlan,
     def fail(name: str, carried: str, what: str):
         raise BundleError(f"bundle {path}: {name} disagrees with {carried}: {what}")
 
-    if netx_plan is not None:
-        for key in ("input_scale", "input_bits", "sizes", "num_steps", "dt"):
-            if netx_plan.to_dict()[key] != plan.to_dict()[key]:
-                fail(NETX_PLAN_FILE, PLAN_FILE, f"{key}: {netx_plan.to_dict()[key]!r} vs {plan.to_dict()[key]!r}")
+    if netx_plan is not None:  # the same host conversions and timing; only the integers differ
+        a, b = netx_plan.to_dict(), plan.to_dict()
+        for key in ("input_scale", "input_bits", "sizes", "num_steps", "dt", "payload_dead_zone"):
+            if a.get(key) != b.get(key):
+                fail(NETX_PLAN_FILE, PLAN_FILE, f"{key}: {a.get(key)!r} vs {b.get(key)!r}")
     for name in (NIR_FILE, SNNTORCH_NIR_FILE):
         if name not in files:
             continue

@@ -64,12 +64,14 @@ def netx_problem(plan: DeploymentPlan) -> str | None:
 def derive_netx_plan(chip) -> tuple[DeploymentPlan, Any]:
     """The netx-representable plan of a calibrated :class:`~stft_neuro.model.spiking.ChipNetwork`:
     its float parameters through the one quantizer with ``netx_compatible=True`` (the plan a chip
-    with ``spiking.netx_compatible=true`` would freeze). Returns (plan, QuantizationReport)."""
+    with ``spiking.netx_compatible=true`` would freeze; the same host conversions, payload dead
+    zone included). Returns (plan, QuantizationReport)."""
     from stft_neuro.hw_targets.loihi2.quantize import plan_from_float
     if float(chip.input_scale) <= 0:
         raise ValueError("derive_netx_plan: calibrate the input scale first")
     return plan_from_float(chip.float_layers(), float(chip.input_scale), chip.input_bits,
-                           chip.num_steps, chip.dt, netx_compatible=True)
+                           chip.num_steps, chip.dt, netx_compatible=True,
+                           payload_dead_zone=int(getattr(chip, "payload_dead_zone", 0)))
 
 
 def static_cost(run_plan: DeploymentPlan, netx_plan: DeploymentPlan) -> dict[str, Any]:

@@ -189,11 +189,14 @@ def _plan_constants(plan: DeploymentPlan | None) -> dict[str, Any] | None:
     """The plan's host -> chip conversion constants (JSON): what the graphs have baked in."""
     if plan is None:
         return None
-    return {"input_bits": plan.input_bits, "input_scale": plan.input_scale,
-            "payload_range": list(plan.payload_range),
-            "threshold_scales": list(plan.threshold_scales),
-            "theta_range": [list(r) for r in plan.theta_range],
-            "sizes": list(plan.sizes), "num_steps": int(plan.num_steps)}
+    out = {"input_bits": plan.input_bits, "input_scale": plan.input_scale,
+           "payload_range": list(plan.payload_range),
+           "threshold_scales": list(plan.threshold_scales),
+           "theta_range": [list(r) for r in plan.theta_range],
+           "sizes": list(plan.sizes), "num_steps": int(plan.num_steps)}
+    if getattr(plan, "payload_dead_zone", 0):  # absent when 0: graphs exported before it stay valid
+        out["payload_dead_zone"] = int(plan.payload_dead_zone)
+    return out
 
 
 #: The constants a graph role bakes in (the rest of ``_plan_constants`` is description).
@@ -617,8 +620,9 @@ class OnnxHost:
                 raise UserError("OnnxHost: the graphs send Loihi integers of a plan; the backend is a float "
                                 "backend (plan None)")
             mine, theirs = self.description["plan"], _plan_constants(plan)
-            keys = [k for k in mine if self.dynamic_threshold or k not in ("threshold_scales", "theta_range")]
-            if any(mine[k] != theirs[k] for k in keys):  # static thresholds: no cue graph converts theta
+            keys = [k for k in {**mine, **theirs}
+                    if self.dynamic_threshold or k not in ("threshold_scales", "theta_range")]
+            if any(mine.get(k) != theirs.get(k) for k in keys):  # static thresholds: no cue graph converts theta
                 raise UserError("OnnxHost: the backend runs a different deployment plan than the one the "
                                 "host graphs were exported with (input scale, threshold scales or sizes differ)")
         elif plan is not None:
