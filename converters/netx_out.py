@@ -527,7 +527,7 @@ class NetxBackend:
         xs = np.rint(a).astype(np.int64)                                  # (T, B, n_in)
         per_sample = [_run_netx_sample_layers(self.path, xs[:, b], int(self.bits)) for b in range(xs.shape[1])]
         self.samples += xs.shape[1]
-        dtype = x.dtype if hasattr(x, "dtype") and isinstance(x, torch.Tensor) else torch.float32
+        dtype = x.dtype if isinstance(x, torch.Tensor) else torch.float32
         spikes = tuple(torch.as_tensor(np.stack([s[l] for s in per_sample], axis=1)).to(dtype)
                        for l in range(len(per_sample[0])))
         return spikes, state if state is not None else self.reset(xs.shape[1])
