@@ -205,7 +205,7 @@ def test_sweep_on_ray_gives_the_rows_of_one_process(tmp_path, local_ray, monkeyp
         out = tmp_path / f"{mode}.json"
         monkeypatch.setattr(sys, "argv", ["bench_quality.py", "run", "--out", str(out), "--work",
                                           str(tmp_path / f"work_{mode}"), "--seeds", "0", "1",
-                                          "--variants", bq.RIDGE, bq.REFERENCE, *sets, *extra])
+                                          "--variants", bq.RIDGE_FAMILY, bq.REFERENCE, *sets, *extra])
         assert bq.main() == 0, capsys.readouterr().err
         data = json.loads(out.read_text())
         rows[mode] = {(name, seed): {k: v for k, v in row.items()
