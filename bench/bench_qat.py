@@ -101,6 +101,8 @@ def main() -> int:
     ap.add_argument("--report-only", action="store_true", help="do not train: print (and write) the "
                     "table of the seeds already in --out")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", default=None, help="the BENCHMARKS.md heading to write (default: "
+                    "the small-size or the issue #11 real-size section)")
     args = ap.parse_args()
     base = config_mod.load(overrides=args.sets)
     real = base.data.sizes == "real"
@@ -149,7 +151,7 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        replace_section(REAL_SECTION if real else SMALL_SECTION, body,
+        replace_section(args.section or (REAL_SECTION if real else SMALL_SECTION), body,
                         "python bench/bench_qat.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only"))
     return 0
 
