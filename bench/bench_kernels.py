@@ -15,7 +15,8 @@ against an int64 numpy product. Then a fresh ``choose_kernel`` is run and its pi
 time are recorded.
 
 ``--emulate-avx2`` also re-executes this script in a subprocess that emulates the AVX2-only AMD
-EPYC of DESIGN.md ("The CPUs here differ") on this CPU: ``ATEN_CPU_CAPABILITY=avx2`` (ATen's kernels),
+EPYC measured here (``torch._int_mm`` int8 at 1.5 GMAC/s against 45 GMAC/s for a float32
+matmul of the same shape) on this CPU: ``ATEN_CPU_CAPABILITY=avx2`` (ATen's kernels),
 ``ONEDNN_MAX_CPU_ISA=AVX2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (set before torch is imported) and
 ``torch.backends.mkldnn.enabled = False``. The last is what makes ``torch._int_mm`` slow: torch's
 CPU ``_int_mm`` calls oneDNN only when the CPU has AVX512-VNNI (``_int_mm_out_cpu`` in

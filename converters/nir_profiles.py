@@ -37,7 +37,7 @@ loads it (read from their source, snnTorch 1.0.0 and nirtorch 2.6 as installed h
   input yet stays at rest, so the delayed network is the undelayed one shifted in time.
 - **No threshold modulation.** NIR has no input port for it; the consumers' thresholds are the
   static ``vth << 6`` (``stft_neuro.theta_input`` says so). A plan trained with dynamic thresholds
-  spikes differently there (README: measured agreement).
+  spikes differently there (docs/export.md: measured agreement).
 - **Float, not fixed point.** The consumers compute in float32 what Lava's ``floating_pt`` computes;
   Lava ``fixed_pt`` (and the reference simulator) truncate the decays and the weight exponent.
   All parameters are integers below 2**24 in these units, so float32 holds them exactly.
@@ -50,7 +50,7 @@ loads it (read from their source, snnTorch 1.0.0 and nirtorch 2.6 as installed h
   ``alpha > 0`` needs a bias that changes with time, and snnTorch has no ``v_leak``. Second, with
   the Dense delays dropped, the deployed layer ``l`` has integrated its bias for ``l`` steps
   before its first input arrives and the profile's layer has not. Bias-free layers stay exact
-  (``Linear``). Measured on trained runs (README, "Export and NIR interchange";
+  (``Linear``). Measured on trained runs (docs/export.md, "For snnTorch and nirtorch";
   ``tests/test_nir_consumers.py``): agreement with Loihi fixed point at lag ``l`` within about
   one point of the bias-free profile's in every layer. The metadata (``stft_neuro.bias_form``)
   and the manifest say so. A consumer that wants the exact network must train with ``--set

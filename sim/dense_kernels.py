@@ -3,10 +3,11 @@
 The reference simulator computes Lava's Dense accumulation ``W @ s`` for all ``T*B`` rows of a
 layer at once: an ``(N, n_in) @ (n_in, n_out)`` product of integers. Several torch kernels give the
 integer result bit for bit, each under a precondition; which one is fastest depends on the CPU
-(DESIGN.md, "The CPUs here differ"): ``torch._int_mm`` is ~3x a float32 matmul on
-an AVX512-VNNI CPU and ~30x *slower* on an AVX2-only one. So nothing is guessed: every kernel whose
-precondition holds is offered (:func:`exact_kernels`), and :func:`choose_kernel` times them on
-random inputs of the layer's shape and keeps the fastest (cached per process).
+(the x86 machines here differ: some have AVX512-VNNI, some only AVX2): ``torch._int_mm`` is ~3x
+a float32 matmul on an AVX512-VNNI CPU and ~30x *slower* on an AVX2-only one. So nothing is
+guessed: every kernel whose precondition holds is offered (:func:`exact_kernels`), and
+:func:`choose_kernel` times them on random inputs of the layer's shape and keeps the fastest
+(cached per process).
 
 Kernels (``KERNEL_NAMES``); each returns ``inp @ W.T`` exactly, as float64:
 

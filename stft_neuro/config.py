@@ -5,8 +5,9 @@ One :class:`Config` holds five sections (``data``, ``spiking``, ``transformer``,
 Unknown sections or keys, and values of the wrong type, raise :class:`ConfigError` naming the key.
 Every run writes its resolved config (``Config.to_dict``) beside its results.
 
-Defaults follow the paper where it says something (DESIGN.md, "The paper"), and are sized so that
-``make demo`` trains in a few minutes on 2 CPU cores where it does not.
+Defaults follow the paper where it says something (Li et al., IEEE TIP 33, 2024; training as in
+AVCA), and are sized so that ``make demo`` trains in a few minutes on 2 CPU cores where it does
+not.
 """
 from __future__ import annotations
 
@@ -131,22 +132,13 @@ class FusionConfig:
     ``text_projection``, ``word_geometry``, ``skip``: ``"auto"`` (the default) takes the value of
     the benchmark size's recipe (``RECIPES``: ``data.sizes=real`` selects the real-size recipe).
     ``text_projection``: how word2vec (300-d) maps to that space: ``"mlp"`` (AVCA's, 300 -> width ->
-    embed_dim) or ``"linear"`` (one linear map). On real-size synthetic UCF the linear
-    map gave +4.3 HM [+0.6, +8.1] over the MLP in the full STFT (95% CI, paired over seeds 0-4), and
-    only with it does STFT clear the ridge baseline by more than 5 HM outside the CI (issue #11,
-    ``bench/bench_quality.py``, BENCHMARKS.md): use ``fusion.text_projection=linear`` for real-size
-    training. It is not the default because at the small sizes (the demo, 24 training samples per
-    class) it stalls on a plateau: loss stuck near 0.48 from epoch 4 and validation HM ~0 (seeds
-    0-2; seed 0 for all 20 epochs; seed 1's stage 2 began to leave it at epoch 8), where the MLP
-    reaches HM 20 by epoch 7. Real-size data gives it 2.5x more steps per epoch. On the plateau the
-    joint triplet loss stays at its margin (1.0) while the projection loss falls to 0.03: the class
-    embeddings collapse together (unit word2vec vectors share a large common component, and the
-    MLP's LayerNorm is what keeps them apart). Untested candidates: centre word2vec over the
-    classes, or a LayerNorm after the linear map.
+    embed_dim) or ``"linear"`` (one linear map). The real-size recipe uses ``linear``, which
+    generalises better to unseen classes at real size; the small recipe keeps ``mlp`` because the
+    linear map stalls on a plateau with 24 training samples per class (measurements:
+    BENCHMARKS.md, "Model quality, real-size synthetic UCF (issue #11)").
     ``output_norm``: LayerNorm the fusion's output before it joins the skip path ``W r``, so that
-    the two enter the joint embedding at the same scale. Without it a trained full STFT (real-size
-    UCF, seed 0) had RMS 0.027 on the fusion against 0.60 on the skip, and zeroing the spiking
-    vector at test time moved validation HM by 0.4 points (bench/bench_quality_diagnose.py).
+    the two enter the joint embedding at the same scale (without it a trained fusion's output can
+    be far smaller than the skip's; same section of BENCHMARKS.md).
     ``word_geometry``: the class word table the model sees (``model/word_geometry.py``: ``raw``,
     ``centred``, ``centred_unit``). ``skip``: the linear paths beside the fusion into the joint
     embedding (``STFT.joint_from``): ``transformer`` (``W r``), ``spiking`` (``W s``) or ``both``."""
@@ -194,7 +186,7 @@ class TrainConfig:
 #:   AVCA's MLP, issue #11), the centred unit-normalised word table and skip paths from both the
 #:   transformer and the spiking branch, chosen on stage-1 validation of real-size synthetic UCF;
 #: - ``small`` (the demo and the tests: 24 training samples per class): the linear projection
-#:   stalls on a plateau there (FusionConfig's docstring), so AVCA's MLP, the raw table and the
+#:   stalls on a plateau there (BENCHMARKS.md, issue #11), so AVCA's MLP, the raw table and the
 #:   transformer skip, the recipe the demo's figures were measured with.
 RECIPES: dict[str, dict[str, str]] = {
     "real": {"text_projection": "linear", "word_geometry": "centred_unit", "skip": "both"},

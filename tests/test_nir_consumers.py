@@ -3,7 +3,7 @@ nirtorch 2.6's ``nir_to_torch`` load it, run it, and spike as the project's own 
 of the exact graph does, ``l`` steps earlier in layer ``l`` (the Dense delays are dropped).
 
 How their simulation compares with the deployed network is measured here on the same payloads
-(``-s`` prints the table; the README quotes it):
+(``-s`` prints the table; docs/export.md quotes it):
 
 - project float simulation of the exact graph (``converters.nir_torch``, float32): equal spike for
   spike at lag ``l`` (asserted exactly);
@@ -199,7 +199,7 @@ def test_a_plan_with_biases_gets_the_documented_approximation(tmp_path):
 def test_biased_approximation_against_loihi_fixed_point_full_size(tmp_path):
     """Full STFT size, trained-like weights with biases, static thresholds: snnTorch (float32) on
     the approximate form against the reference simulator (== Lava fixed_pt) at lag l, beside the
-    same weights without biases in the exact bias-free form. Measured: see the README."""
+    same weights without biases in the exact bias-free form. Measured: see docs/export.md."""
     from test_lava_equivalence import quantized_plan
     plan = quantized_plan(2, 30)
     zero = _without_biases(plan)
@@ -255,7 +255,7 @@ def test_consumers_equal_the_project_float_simulation_shifted_by_the_dense_delay
 
 def test_consumers_against_loihi_fixed_point_full_size(tmp_path):
     """Full STFT size, trained-like weights, static thresholds: snnTorch (float32) against the
-    reference simulator (== Lava fixed_pt), lag l. Measured: see the README; asserted bound."""
+    reference simulator (== Lava fixed_pt), lag l. Measured: see docs/export.md; asserted bound."""
     plan = zero_bias_plan(3, FULL, T=30)
     _, path = write_profiles(plan, tmp_path)
     x = random_payloads(3, plan, T=30, B=8)

@@ -1,7 +1,7 @@
 """The host side of the hybrid pipeline as ONNX graphs with a dynamic batch, and a runtime for them.
 
-The chip runs the spiking branch (Dense + LIF); everything else runs on the host (DESIGN.md, "What
-the system is"). :func:`export_host_onnx` writes the host's part of :class:`~stft_neuro.model.stft.STFT`
+The chip runs the spiking branch (Dense + LIF); everything else runs on the host (README.md,
+"Concepts"). :func:`export_host_onnx` writes the host's part of :class:`~stft_neuro.model.stft.STFT`
 as single-file ONNX graphs, so that a deployment needs neither torch nor the training checkpoint
 on the host; :class:`OnnxHost` runs them in onnxruntime (CPUExecutionProvider) with the same calls
 the torch host makes (``SpikingBranch.encode`` / ``initial_cue`` / ``threshold_cue`` / readout)::
@@ -44,10 +44,10 @@ Choices, written down:
   The minimal model change that would make the copy unnecessary: skip that check when
   ``torch.compiler.is_exporting()``.
 - Exported with ``torch.onnx.export(..., dynamo=True, dynamic_shapes=..., external_data=False)``
-  (DESIGN.md, "Facts about the dependencies": the legacy exporter breaks dynamic shapes in
-  onnxruntime). The files are written under temporary names and moved into place with
-  ``os.replace`` only after every graph exported and loaded in onnxruntime; on any failure no
-  new file remains and existing files are untouched.
+  (``dynamo=True`` needs ``onnxscript``; the legacy exporter breaks dynamic shapes in
+  onnxruntime, measured with torch 2.13). The files are written under temporary names and moved
+  into place with ``os.replace`` only after every graph exported and loaded in onnxruntime; on
+  any failure no new file remains and existing files are untouched.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Temporal-semantic fusion of the transformer vector ``r`` and the spiking vector ``s``.
 
-The paper (DESIGN.md, "The paper"): ``y = G x1 (U_r^T r) x2 (U_s^T s) x3 U_o``, core ``G`` of rank around
-60 per mode, internal width 512; "multi-scale" = several such fusions at different ranks, combined.
+The paper (Li et al., IEEE TIP 33, 2024; no official code, so as far as its text says):
+``y = G x1 (U_r^T r) x2 (U_s^T s) x3 U_o``, core ``G`` of rank around 60 per mode, internal width 512;
+"multi-scale" = several such fusions at different ranks, combined.
 
 :class:`TuckerFusion` follows MUTAN (Ben-Younes et al., 2017), the Tucker fusion this formula is::
 

@@ -1,8 +1,8 @@
 """AVCA-style training losses: triplet against class text embeddings, projection, reconstruction.
 
-The paper (DESIGN.md, "The paper"): a triplet loss of the joint audio-visual embedding against class
-text embeddings, projection losses (MSE of the audio and visual projections to the word embedding),
-reconstruction losses, and ``L = 0.5 L_triplet + 0.5 (L_proj + L_rec)``.
+The paper (Li et al., IEEE TIP 33, 2024), as AVCA trains: a triplet loss of the joint audio-visual
+embedding against class text embeddings, projection losses (MSE of the audio and visual
+projections to the word embedding), reconstruction losses, and ``L = 0.5 L_triplet + 0.5 (L_proj + L_rec)``.
 
 What the model hands in (``stft_loss``):
 

@@ -24,7 +24,7 @@ from stft_neuro.model.host import SpikingBranch, masked_max_mean, valid_mask
 from stft_neuro.model.transformer import LatentSemanticTransformer
 from stft_neuro.contract import SpikingBackend
 
-WORD_DIM = 300  # word2vec class embeddings (DESIGN.md, "The benchmark")
+WORD_DIM = 300  # word2vec class embeddings, 300-d and L2-normalised (AVCA/TCaF benchmark)
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:

@@ -1,8 +1,8 @@
 """Latent semantic reasoning transformer: cross-modal attention, then gated latent knowledge slots.
 
-The paper (DESIGN.md, "The paper") says only: learnable latent knowledge slots with gating, refined by
-self-attention, and a cross-modal transformer over audio and visual. Everything else here is a
-choice, written down where it is made:
+The paper (Li et al., IEEE TIP 33, 2024; no official code) says only: learnable latent knowledge
+slots with gating, refined by self-attention, and a cross-modal transformer over audio and
+visual. Everything else here is a choice, written down where it is made:
 
 1. Input: per-second features ``audio (B, S, Da)`` and ``visual (B, S, Dv)``, and a boolean ``mask
    (B, S)`` with True for a valid second. Padded seconds are replaced by zeros before anything else
