@@ -61,7 +61,8 @@ MLP = "fusion.text_projection=mlp"
 LINEAR = "fusion.text_projection=linear"
 #: issue #16's real-size recipe, chosen on stage-1 validation (seed 0; see BENCHMARKS.md): the
 #: linear text projection, the centred unit-normalised word table, and skip paths from both the
-#: transformer and the spiking branch. ``data.sizes=real`` selects it by default (config.py).
+#: transformer and the spiking branch; ``data.sizes=real`` selects it by default (config.RECIPES),
+#: and since the second sweep also weight decay 1e-3, which that sweep passes with ``--set``.
 RECIPE = [LINEAR, "fusion.word_geometry=centred_unit", "fusion.skip=both"]
 RIDGE_FAMILY = "linear (ridge family, validation-selected)"
 RIDGE_EXTENDED = "linear (extended ridge family, validation-selected)"
@@ -303,8 +304,9 @@ def report_text(data: dict, base) -> str:
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {diff} | {secs[len(secs) // 2]:.0f} | {where} |")
     if ch is not None:
         lines.append("| chance (uniform guess) | — | " + " | ".join(f"{ch[k]:.1f}" for k in METRICS) + " | — | — | — |")
+    extra = [o for o in data.get("overrides", []) if o not in DEFAULT_SET]
     lines += ["", "\\* the 95% t-interval of the paired HM difference excludes 0. Base: the full STFT "
-              f"({' '.join('`' + o + '`' for o in RECIPE)}, the real-size recipe). The ridge rows choose "
+              f"({' '.join('`' + o + '`' for o in [*RECIPE, *extra])}). The ridge rows choose "
               "their member on stage-1 validation HM per seed (chosen: "
               + "; ".join(f"{name}: " + ", ".join(f"{c} x{n}" for c, n in Counter(
                   r.get("chosen", "?") for r in results[name].values()).most_common())
@@ -335,8 +337,9 @@ def report(args: argparse.Namespace) -> int:
     if args.write:
         from markdown import replace_section
         cmd = "python bench/bench_quality.py run " + " ".join(f"--set {o}" for o in data["overrides"]
-                                                             if o not in DEFAULT_SET)
-        replace_section(f"Model quality, real-size synthetic {base.data.dataset} (issue #16)", text, cmd.strip())
+                                                             if o not in DEFAULT_SET) + f" --out {os.path.relpath(out, HERE.parent)}"
+        replace_section(args.section or f"Model quality, real-size synthetic {base.data.dataset} (issue #16)",
+                        text, cmd.strip())
     return 0
 
 
@@ -356,6 +359,7 @@ def main() -> int:
     p = sub.add_parser("report")
     p.add_argument("--out", default=None)
     p.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    p.add_argument("--section", default=None, help="the BENCHMARKS.md heading to write")
     args = ap.parse_args()
     try:
         return run(args) if args.cmd == "run" else report(args)

@@ -171,7 +171,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 3e-4
-    weight_decay: float = 1e-5
+    weight_decay: float = -1.0  # -1: the benchmark size's recipe (RECIPES)
     plateau_patience: int = 3
     margin: float = 1.0
     seed: int = 0
@@ -180,18 +180,29 @@ class TrainConfig:
     threads: int = 0
 
 
-#: The recipe's choices that differ between benchmark sizes (``"auto"`` in FusionConfig resolves to
-#: these; ``recipe_name`` says which applies). Why they differ (issue #16, BENCHMARKS.md):
+#: The recipe's choices that differ between benchmark sizes, by ``section.key``: a key left at its
+#: "auto" value (``"auto"``; ``-1`` for ``train.weight_decay``) resolves to these, and
+#: ``recipe_name`` says which applies. Why they differ (issue #16, BENCHMARKS.md):
 #: - ``real`` (``data.sizes=real``, or real features): the linear text projection (+4.3 HM over
-#:   AVCA's MLP, issue #11), the centred unit-normalised word table and skip paths from both the
-#:   transformer and the spiking branch, chosen on stage-1 validation of real-size synthetic UCF;
+#:   AVCA's MLP, issue #11), the centred unit-normalised word table, skip paths from both the
+#:   transformer and the spiking branch, and weight decay 1e-3 (Adam's L2; validation HM +4.2 and
+#:   +2.7 on seeds 0 and 2 over 1e-5; 3e-3 and 1e-2 lower), each chosen on stage-1 validation of
+#:   real-size synthetic UCF;
 #: - ``small`` (the demo and the tests: 24 training samples per class): the linear projection
-#:   stalls on a plateau there (BENCHMARKS.md, issue #11), so AVCA's MLP, the raw table and the
-#:   transformer skip, the recipe the demo's figures were measured with.
-RECIPES: dict[str, dict[str, str]] = {
-    "real": {"text_projection": "linear", "word_geometry": "centred_unit", "skip": "both"},
-    "small": {"text_projection": "mlp", "word_geometry": "raw", "skip": "transformer"},
+#:   stalls on a plateau there (BENCHMARKS.md, issue #11), so AVCA's MLP, the raw table, the
+#:   transformer skip and weight decay 1e-5, the recipe the demo's figures were measured with.
+RECIPES: dict[str, dict[str, Any]] = {
+    "real": {"fusion.text_projection": "linear", "fusion.word_geometry": "centred_unit",
+             "fusion.skip": "both", "train.weight_decay": 1e-3},
+    "small": {"fusion.text_projection": "mlp", "fusion.word_geometry": "raw",
+              "fusion.skip": "transformer", "train.weight_decay": 1e-5},
 }
+#: the value that means "take the recipe's" (default "auto")
+AUTO_VALUES: dict[str, Any] = {"train.weight_decay": -1.0}
+
+
+def _auto(key: str) -> Any:
+    return AUTO_VALUES.get(key, "auto")
 
 
 def recipe_name(data: DataConfig) -> str:
@@ -213,9 +224,10 @@ class Config:
         # ``auto_keys`` remembers them, so that ``from_dict`` re-resolves them when an override
         # changes the data section on top of a resolved base.
         recipe = RECIPES[recipe_name(self.data)]
-        auto = {k: v for k, v in recipe.items() if getattr(self.fusion, k) == "auto"}
-        if auto:
-            object.__setattr__(self, "fusion", dataclasses.replace(self.fusion, **auto))
+        auto = [k for k in recipe if getattr(getattr(self, k.split(".")[0]), k.split(".")[1]) == _auto(k)]
+        for section in {k.split(".")[0] for k in auto}:
+            values = {k.split(".")[1]: recipe[k] for k in auto if k.startswith(section + ".")}
+            object.__setattr__(self, section, dataclasses.replace(getattr(self, section), **values))
         object.__setattr__(self, "auto_keys", frozenset(auto))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -275,8 +287,10 @@ def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     for name in SECTIONS:
         sections[name] = getattr(base, name)
     # keys the base took from its recipe go back to "auto" unless set here (Config.__post_init__)
-    unset = {k: "auto" for k in getattr(base, "auto_keys", ()) if k not in raw.get("fusion", {})}
-    sections["fusion"] = dataclasses.replace(sections["fusion"], **unset)
+    for key in getattr(base, "auto_keys", ()):
+        section, name = key.split(".")
+        if name not in raw.get(section, {}):
+            sections[section] = dataclasses.replace(sections[section], **{name: _auto(key)})
     for name, values in raw.items():
         if name not in SECTIONS:
             raise ConfigError(f"config: unknown section {name!r} (sections: {', '.join(SECTIONS)})")
@@ -382,6 +396,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0: torch's default)"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0 (-1: the recipe's)"),
         (cfg.train.stages in ("both", "1", "2"), "train.stages must be both, 1 or 2"),
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
     ]

@@ -39,3 +39,23 @@ def test_bad_toml_file(tmp_path):
     bad.write_text("[train\nepochs = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(bad)
+
+
+def test_the_benchmark_size_selects_the_recipe() -> None:
+    """Keys left at "auto" take the size's recipe (config.RECIPES); an explicit value wins; an
+    override of the data section re-resolves them; a stored run keeps the values it trained with."""
+    small = config.Config()
+    assert (small.fusion.text_projection, small.fusion.word_geometry, small.fusion.skip,
+            small.train.weight_decay) == ("mlp", "raw", "transformer", 1e-5)
+    real = config.load(overrides=["data.sizes=real"])
+    assert (real.fusion.text_projection, real.fusion.word_geometry, real.fusion.skip,
+            real.train.weight_decay) == ("linear", "centred_unit", "both", 1e-3)
+    mixed = config.load(overrides=["data.sizes=real", "fusion.skip=transformer", "train.weight_decay=0"])
+    assert mixed.fusion.skip == "transformer" and mixed.train.weight_decay == 0.0
+    assert mixed.fusion.word_geometry == "centred_unit"
+    back = config.from_dict({"data": {"sizes": "small"}}, real)
+    assert back.fusion.text_projection == "mlp" and back.train.weight_decay == 1e-5
+    stored = config.from_run_dict(real.to_dict())
+    assert stored == real and not stored.auto_keys
+    with pytest.raises(ConfigError, match="weight_decay"):
+        config.load(overrides=["train.weight_decay=-2"])
