@@ -219,7 +219,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        # Resolve the fusion keys left at "auto" for the benchmark's size (RECIPES): every Config,
+        # Resolve the keys left at their "auto" value for the benchmark's size (RECIPES): every Config,
         # however built, holds concrete values, and a run's config.json records them.
         # ``auto_keys`` remembers them, so that ``from_dict`` re-resolves them when an override
         # changes the data section on top of a resolved base.
