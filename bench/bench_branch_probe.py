@@ -22,10 +22,10 @@ import torch
 
 from stft_neuro import protocol
 from stft_neuro.baselines.ridge import RidgeMap
-from stft_neuro.branch_worth import parts
 from stft_neuro.checkpoint import load_run
 from stft_neuro.data import load_benchmark
 from stft_neuro.model import word_geometry
+from stft_neuro.model.host import valid_mask
 
 LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 SPLITS = ("stage_1_train", "stage_1_val_seen", "stage_1_val_unseen")
@@ -38,9 +38,10 @@ def vectors(model, split, batch: int = 256) -> dict[str, np.ndarray]:
     out: dict[str, list] = {}
     for i in range(0, len(split.labels), batch):
         a, v, n = (torch.as_tensor(x[i:i + batch]) for x in (split.audio, split.visual, split.lengths))
-        r, s = parts(model, a.numpy(), v.numpy(), n.numpy(), batch)
+        r = model.transformer(a, v, valid_mask(n, a.shape[1]))
         x, g = br.encode(a, v, n)
         dyn = br.drive(x, g, br.chip).spikes
+        s = br.readout(dyn[-1])  # the spiking vector STFT.forward computes from the same run
         static, _ = br.chip.run(x, None, br.chip.reset(x.shape[1]))
         w1x = x.mean(0) @ br.chip.weights[0].T
         got = {"transformer vector r": r, "spiking vector s": s, "r and s": torch.cat([r, s], 1),

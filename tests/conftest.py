@@ -24,6 +24,14 @@ def _lava_problem() -> str | None:
     return None
 
 
+def pytest_configure(config):
+    """Import Lava (when it imports) before any test runs: Lava sets multiprocessing's start method
+    at import and fails ("context has already been set") if something fixed it first, e.g. a
+    training run's DataLoader or NeuroBench's tqdm lock in an earlier test of the same session."""
+    from stft_neuro.sim.lava_runner import lava_available
+    lava_available()  # False: the Lava tests are then skipped or failed by _lava_policy
+
+
 @pytest.fixture(autouse=True)
 def _lava_policy(request):
     if request.node.get_closest_marker("lava") is None:

@@ -31,13 +31,6 @@ from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 
 from test_cli import TINY, _sets, assert_one_line_error, run_cli
 
-try:  # import Lava before the fixtures' training runs fix multiprocessing's start method
-    from stft_neuro.sim.lava_session import _lava
-
-    _lava()
-except ImportError:
-    pass
-
 RECORD_KEYS = {"spikes_1", "spikes_2", "theta", "payloads", "labels", "pred", "sample_index", "split_name"}
 
 

@@ -26,13 +26,6 @@ from stft_neuro.cli import main
 from test_cli import TINY, _sets
 from test_lava_session import _shm
 
-try:  # import Lava before the fixture's training run fixes multiprocessing's start method
-    from stft_neuro.sim.lava_session import _lava
-
-    _lava()
-except ImportError:
-    pass  # the Lava tests are then skipped (or fail) by conftest's policy
-
 FILES = ("records.npz", "plan.safetensors")
 
 

@@ -46,11 +46,6 @@ class Pair(torch.nn.Module):
 
 
 def neurobench_figures(net, x):
-    # NeuroBench's progress bar (tqdm) creates a multiprocessing lock, which fixes the process's
-    # start method; Lava sets its own at import and then fails ("context has already been set").
-    # Import Lava first (when installed) so that later Lava tests in the same session still run.
-    from stft_neuro.sim.lava_runner import lava_available
-    lava_available()
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x))),
                                        batch_size=len(x))
     bench = Benchmark(SNNTorchModel(Pair(net)), data, [], [],
