@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resources", help="Loihi 2 resources of a run's spiking branch: quantization, "
                                          "design rules, cores",
-                       description="Quantize the run's spiking branch to Loihi 2 units (calibrating the "
-                                   "input scale on the run's training data if it is a float run), check "
+                       description="Quantize the run's spiking branch to Loihi 2 units (a float run: the "
+                                   "plan stored in its run folder, RUN/plan.safetensors), check "
                                    "every design rule, map the layers onto cores and report memory and "
                                    "utilisation per core. Exit 1 if a design rule is violated.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder written by train")
@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="write the deployment bundle: plan, NIR, netx HDF5 for Lava, host ONNX, manifest",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Freeze the run's spiking branch into a deployment plan (calibrating the input "
-                    "scale on the run's training data if it is a float run), check Loihi 2's design "
+        description="Freeze the run's spiking branch into a deployment plan (a float run: the plan "
+                    "stored in its run folder, RUN/plan.safetensors), check Loihi 2's design "
                     "rules, and write the bundle a hybrid simulation runs without the checkpoint.",
         epilog="targets:\n"
                "  nir    plan.safetensors + spiking.nir (Affine -> Delay -> CubaLIF per layer; the "
@@ -244,7 +244,20 @@ def _train(cfg, run_dir: Path, resume: bool, quiet: bool, dp=None) -> dict:
                           dp=dp or LOCAL).run(resume)
     finally:
         display.close()
+    if cfg.spiking.enabled and (dp is None or dp.is_main):
+        _store_plan(run_dir, bench)
     return results
+
+
+def _store_plan(run_dir: Path, bench) -> None:
+    """The finished float run's deployment plan, derived once on CPU from the written weights
+    (input scale calibrated on ``stage_2_train``) and stored in the run folder, where every
+    consumer reads it (``run_plan.py``)."""
+    from stft_neuro.checkpoint import load_run
+    from stft_neuro.run_plan import derive_plan, store_plan
+    model, _, meta = load_run(run_dir)
+    if not meta.get("deploy"):
+        store_plan(run_dir, derive_plan(model, bench.splits["stage_2_train"]))
 
 
 def _train_setup(args, qat_config: bool = True):
@@ -380,24 +393,25 @@ def _train_qat(args, run_dir: Path, dp=None) -> int:
 
 
 def _frozen_plan(args, with_bench: bool = False):
-    """Load ``args.checkpoint`` and freeze its spiking branch's plan -> (model, cfg, meta, plan,
-    bench); ``bench`` is the run's benchmark when a float run needed it for calibration or
-    ``with_bench`` asks for it, else None."""
+    """Load ``args.checkpoint`` and its deployment plan (``run_plan.py``: a float run's stored
+    plan, or derived once on CPU) -> (model, cfg, meta, plan, bench); ``bench`` is the run's
+    benchmark when ``with_bench`` asks for it or the plan had to be derived, else None."""
     from stft_neuro.checkpoint import load_run
     from stft_neuro.data import load_benchmark
     from stft_neuro.errors import CheckpointError
-    from stft_neuro.qat import calibrate
-    from stft_neuro.train import resolve_device
+    from stft_neuro.run_plan import run_plan
     model, cfg, meta = load_run(args.checkpoint)
     if model.spiking is None:
         raise CheckpointError(f"{args.checkpoint}: no spiking branch (spiking.enabled=false)")
-    bench = None
-    if with_bench or not meta.get("deploy"):
-        bench = load_benchmark(_with_pickle(cfg, args).data)
-    if not meta.get("deploy"):  # a float run: calibrate the input payload scale on its data first
-        calibrate(model, bench.splits["stage_2_train"], resolve_device(cfg.train.device))
-    plan, _ = model.spiking.deployment_plan()
-    return model, cfg, meta, plan, bench
+    loaded = {}
+
+    def bench():
+        if "bench" not in loaded:
+            loaded["bench"] = load_benchmark(_with_pickle(cfg, args).data)
+        return loaded["bench"]
+
+    plan = run_plan(args.checkpoint, model, meta, lambda: bench().splits["stage_2_train"])
+    return model, cfg, meta, plan, (bench() if with_bench else loaded.get("bench"))
 
 
 def cmd_export(args) -> int:
@@ -500,152 +514,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from stft_neuro.data import load_benchmark
-    from stft_neuro.doctor import diagnose, format_report
-    cfg = _load_config(args)
-    print("== stft-neuro doctor ==")
-    report = diagnose()
-    print(format_report(report))
-    print("\n== benchmark ==")
-    bench = load_benchmark(cfg.data)
-    print(bench.summary_table())
-    print(f"\n== training STFT ({cfg.train.epochs} epochs, AVCA stages {cfg.train.stages}) ==")
-    results = _train(cfg, Path(args.out), resume=False, quiet=False)
-    print("\n" + _results_table(results))
-    print(f"\nrun folder: {args.out} (config.json, model.safetensors, metrics.json)")
-    if cfg.spiking.enabled:
-        print("\n== the spiking branch on Loihi 2 (quantized without fine-tuning) ==")
-        print(_deployment_check(Path(args.out), bench))
-        _demo_deployment(Path(args.out), bench, results, getattr(args, "allow_pickle", False))
-    return 0 if report["healthy"] else 1
-
-
 def _dispatch(argv: list[str]) -> int:
     """Run one subcommand in this process (the demo chains them); user errors propagate."""
     args = build_parser().parse_args(argv)
     return COMMANDS[args.command](args)
 
 
-#: Samples per test split the demo also runs through the netx file in lava-dl's own Network
-#: (one Lava runtime per sample, ~2.5 s each at the STFT size), against the reference simulator.
-DEMO_NETX_SAMPLES = 2
-
-
-def _demo_deployment(out: Path, bench, float_results: dict, allow_pickle: bool) -> None:
-    """QAT for one epoch, the bundle of every target, the hybrid simulation of the whole test split
-    on the reference simulator and on Lava (the records must be identical: a difference fails the
-    demo), the netx file in lava-dl's own Network against the reference simulator on a few test
-    samples (must be bit-exact), the metrics side by side, and the report of the Lava run."""
-    from stft_neuro.errors import UserError
-    from stft_neuro.protocol import GZSLMetrics, format_table
-    from stft_neuro.qat import qat_finetune
-    print("\n== QAT: one epoch of fine-tuning in Loihi 2 arithmetic (deploy mode) ==")
-    qat_dir = out / "qat"
-    qat = qat_finetune(out, qat_dir, ["train.epochs=1"], bench=bench)
-    print(f"run folder: {qat_dir}")
-    print("\n== export --target all: the deployment bundle of the QAT run (plan, NIR, netx, ONNX host) ==")
-    bundle = out / "bundle"
-    cmd_export(argparse.Namespace(checkpoint=str(qat_dir), target="all", out=str(bundle), force=True,
-                                  json=False, allow_pickle=allow_pickle))
-    print("\n== hybrid simulation of the whole test split: host and spiking branch exchange tensors "
-          "every step; the chip side is built from the bundle's NIR file ==")
-    sims = {}
-    for backend in ("reference", "lava"):
-        sim_dir = out / f"sim-{backend}"
-        _dispatch(["simulate", "--bundle", str(bundle), "--checkpoint", str(qat_dir), "--backend", backend,
-                   "--chip-from", "nir", "--split", "all", "--out", str(sim_dir), "--force"])
-        sims[backend] = sim_dir
-    import numpy as np
-    res = {b: json.loads((d / "results.json").read_text()) for b, d in sims.items()}
-    with np.load(sims["reference"] / "records.npz") as a, np.load(sims["lava"] / "records.npz") as b:
-        differ = [k for k in a.files if k not in b.files or not np.array_equal(a[k], b[k])]
-    n = res["lava"]["samples"]
-    print("\n== float vs QAT vs reference vs Lava-hybrid (stage-2 test split) ==")
-    print(format_table({
-        "float (stage 2 test)": GZSLMetrics(**float_results["stage2_test"]),
-        "quantized, no fine-tuning (PTQ)": GZSLMetrics(**qat["ptq"]),
-        "QAT (torch deploy mode)": GZSLMetrics(**qat["qat"]),
-        f"QAT, reference hybrid ({n} samples)": GZSLMetrics(**res["reference"]["metrics"]),
-        f"QAT, Lava hybrid ({n} samples)": GZSLMetrics(**res["lava"]["metrics"])}))
-    lava_t = res["lava"]["timings"]
-    print(f"Lava bridge {lava_t['bridge_per_step_ms']:.1f} ms per step (batch of "
-          f"{res['lava']['batch']}), start-up {lava_t['startup_s']:.1f} s")
-    if differ:
-        raise UserError(f"demo: the Lava hybrid run differs from the reference simulator's in "
-                        f"{', '.join(differ)} ({sims['lava']} vs {sims['reference']})")
-    print(f"Lava == reference: every record of the {n} samples identical (spikes of every layer, "
-          "thetas, payloads, predictions)")
-    print("\n== the netx file in lava-dl's own netx.hdf5.Network vs the reference simulator ==")
-    print(_demo_netx_check(bundle, qat_dir, bench))
-    print("\n== report of the Lava hybrid run ==")
-    _dispatch(["report", "--run", str(sims["lava"]), "--html", str(out / "report.html"),
-               "--json", str(out / "report.json")])
-    print(f"\nreport: {out / 'report.html'} (and report.json, PNG plots beside it)")
-
-
-def _demo_netx_check(bundle_dir: Path, qat_dir: Path, bench) -> str:
-    """The bundle's netx file, loaded by lava-dl's ``netx.hdf5.Network`` and run in Lava fixed_pt on
-    the host's payloads of a few test samples (static thresholds: netx has no threshold-modulation
-    port), against the reference simulator of the plan the file carries; a difference fails."""
-    import numpy as np
-    import torch
-
-    from stft_neuro.checkpoint import load_run
-    from stft_neuro.converters.netx_out import run_netx
-    from stft_neuro.errors import UserError
-    from stft_neuro.export.bundle import NETX_FILE, load_bundle
-    from stft_neuro.sim.reference import ReferenceSimulator
-    b = load_bundle(bundle_dir)
-    plan = b.netx_plan
-    model, _, _ = load_run(qat_dir)
-    rows = []
-    for name in ("stage_2_test_seen", "stage_2_test_unseen"):
-        split = bench.splits[name]
-        k = min(DEMO_NETX_SAMPLES, len(split.labels))
-        a, v, n = (torch.as_tensor(x[:k]) for x in (split.audio, split.visual, split.lengths))
-        with torch.no_grad():
-            rows.append(plan.encode_input(model.spiking.encode(a, v, n)[0]))
-    x = torch.cat(rows, dim=1)                                           # (T, B, n_in)
-    x = torch.cat([x, x.new_zeros(plan.num_layers, *x.shape[1:])])      # see the last inputs through
-    ref, _ = ReferenceSimulator(plan).run(x)
-    lava = run_netx(b.file(NETX_FILE), x.numpy())
-    same = np.array_equal(lava, ref[-1].numpy())
-    spikes = [int(s.sum()) for s in ref]
-    which = "plan_netx.safetensors, derived for netx" if "plan_netx.safetensors" in b.manifest["files"] \
-        else "the run's plan"
-    if not same:
-        raise UserError(f"demo: the netx file in netx.hdf5.Network differs from the reference simulator "
-                        f"on {x.shape[1]} test samples ({b.file(NETX_FILE)})")
-    return (f"{x.shape[1]} test samples, {x.shape[0]} steps, static thresholds, the plan the file carries "
-            f"({which}): last-layer spikes identical to the reference simulator's "
-            f"(spikes per layer {spikes})")
-
-
-def _deployment_check(run: Path, bench) -> str:
-    """Quantize a float run's spiking branch, check the design rules, map it onto cores, and test
-    it with the integer network run by the reference simulator."""
-    from stft_neuro.checkpoint import load_run
-    from stft_neuro.hw_targets.loihi2.report import resource_report
-    from stft_neuro.protocol import GZSLMetrics, format_table
-    from stft_neuro.qat import calibrate
-    from stft_neuro.sim.reference import ReferenceSimulator
-    from stft_neuro.train import evaluate_split_pair, resolve_device
-    model, cfg, meta = load_run(run)
-    device = resolve_device(cfg.train.device)
-    calibrate(model, bench.splits["stage_2_train"], device)
-    model.spiking.set_deploy(True)
-    plan, quant = model.spiking.deployment_plan()
-    rep = resource_report(plan.network)
-    bias = float(meta["progress"]["best_bias"])
-    metrics = evaluate_split_pair(model.to(device), bench, 2, device, bias,
-                                  backend=ReferenceSimulator(plan, device=device))
-    rules = rep["design_rules"]
-    return (f"design rules: {'pass' if rules['passed'] else 'FAIL'} ({len(rules['rules_checked'])} "
-            f"checked, {rules['errors']} errors, {rules['warnings']} warnings); "
-            f"{rep['totals']['cores_used']} cores; {quant.weights_saturated} weights saturated\n"
-            + format_table({"stage 2 test, integer": GZSLMetrics(**metrics.to_dict())})
-            + "\n(fine-tune with: stft-neuro train --qat --from " + str(run) + " --out RUN)")
+def cmd_demo(args) -> int:
+    from stft_neuro.demo import main as demo_main
+    return demo_main(args)
 
 
 COMMANDS = {"doctor": cmd_doctor, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,

@@ -6,7 +6,7 @@ byte-identical ``records.npz`` and ``plan.safetensors`` and the same results.jso
 killed for real while its Lava runtime runs is retried and the result is still identical; a shard
 that fails on every attempt ends the run with one line naming it, and no output; no Lava process
 and no /dev/shm segment is left. Without Ray, ``--ray`` is one line. The sweep gives the same rows
-on Ray as in one process. Faults are injected by replacing ``simulate._shard_task`` in the driver
+on Ray as in one process. Faults are injected by replacing ``simulate.sharded.shard_task`` in the driver
 with a wrapper that Ray ships to the workers (the only stand-in here; Ray and Lava are real).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from stft_neuro import simulate as sim_mod
+from stft_neuro.simulate import sharded as sharded_mod
 from stft_neuro.cli import main
 
 from test_cli import TINY, _sets
@@ -102,29 +103,29 @@ def test_sharded_simulate_is_byte_identical_to_one_process(tmp_path, tiny_bundle
 
 
 def _faulty(kind: str, target: int, marker: Path):
-    """A stand-in for ``simulate._shard_task`` (shipped to the workers by value): shard ``target``
+    """A stand-in for ``simulate.sharded.shard_task`` (shipped to the workers by value): shard ``target``
     is killed (``kill``: SIGKILL of its own worker while its Lava runtime runs, after one batch,
     the first time only) or raises on every attempt (``raise``)."""
     def task(job, shard):
         import os
         import signal
 
-        import stft_neuro.simulate as sm
+        import stft_neuro.simulate.sharded as sm
 
         if shard.index == target and kind == "raise":
             with open(marker, "a") as f:
                 f.write("attempt\n")
             raise RuntimeError("injected fault")
         if shard.index == target and kind == "kill" and not marker.exists():
-            run_batches = sm._run_batches
+            run_batches = sm.run_batches
 
             def one_batch_then_die(model, onnx_host, backend, batches, *rest, **kw):
                 run_batches(model, onnx_host, backend, [next(iter(batches))], *rest, **kw)
                 marker.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
 
-            sm._run_batches = one_batch_then_die
-        return sm._shard_task(job, shard)  # the worker's module holds the real one
+            sm.run_batches = one_batch_then_die
+        return sm.shard_task(job, shard)  # the worker's module holds the real one
 
     return task
 
@@ -136,7 +137,7 @@ def test_a_worker_killed_midway_is_retried_and_the_result_is_identical(tmp_path,
     shm0 = _shm()
     single = _run(tmp_path, bundle, "single", "--backend", "lava")
     marker = tmp_path / "killed"
-    monkeypatch.setattr(sim_mod, "_shard_task", _faulty("kill", 2, marker))
+    monkeypatch.setattr(sharded_mod, "shard_task", _faulty("kill", 2, marker))
     sharded = _run(tmp_path, bundle, "sharded", "--backend", "lava", "--ray")
     assert marker.exists(), "the fault was not injected"
     killed = int(marker.read_text())
@@ -153,7 +154,7 @@ def test_a_shard_that_always_fails_is_named_in_one_line_and_nothing_is_written(
         tmp_path, tiny_bundle, local_ray, monkeypatch, capsys):
     _, bundle = tiny_bundle
     marker = tmp_path / "attempts"
-    monkeypatch.setattr(sim_mod, "_shard_task", _faulty("raise", 1, marker))
+    monkeypatch.setattr(sharded_mod, "shard_task", _faulty("raise", 1, marker))
     out = tmp_path / "sim"
     capsys.readouterr()
     code = main(["simulate", "--bundle", str(bundle), "--out", str(out), "--batch", "8",

@@ -495,7 +495,8 @@ class OnnxHost:
     - :meth:`initial_cue` (g) -> theta (B,L) for step 0
     - :meth:`cue` (spikes_t: L arrays (B,n_l), g) -> theta (B,L) for step t+1
     - :meth:`readout` (out_spikes (T,B,n_L) or None, audio, visual, lengths) -> joint (B,E)
-    - :meth:`run` (audio, visual, lengths, backend) -> the closed loop through the step contract.
+    - :meth:`run` (audio, visual, lengths, backend) -> the closed loop through the step contract
+      (``stft_neuro.closed_loop``, with :meth:`chip_input` / :meth:`chip_theta0` / :meth:`chip_theta`).
 
     Payloads and thetas are in the units of :attr:`description` ``["units"]``: Loihi integers of
     the exported plan, or float units.
@@ -614,7 +615,10 @@ class OnnxHost:
     def check_backend(self, backend: Any) -> None:
         """Refuse a backend whose units differ from the graphs' (call after ``backend.reset``):
         the host must convert with the plan the backend runs, and the graphs have one plan built in."""
-        plan = getattr(backend, "plan", None)
+        self.check_plan(getattr(backend, "plan", None))
+
+    def check_plan(self, plan: DeploymentPlan | None) -> None:
+        """:meth:`check_backend` for a backend that runs ``plan`` (None: a float backend)."""
         if self.fixed_point:
             if plan is None:
                 raise UserError("OnnxHost: the graphs send Loihi integers of a plan; the backend is a float "
@@ -629,36 +633,40 @@ class OnnxHost:
             raise UserError("OnnxHost: the graphs were exported for a float backend; this backend runs a "
                             "fixed-point plan")
 
-    def run(self, audio, visual, lengths, backend: Any) -> dict[str, np.ndarray]:
-        """The hybrid closed loop, as ``STFT.forward`` runs it with ``backend``: encode; per step
-        ``backend.step(payload_t, theta_t)``, theta from the cue graphs; then the readout.
+    # -- the host's side of the closed loop (stft_neuro.closed_loop.LoopHost) ---------------------
+    def chip_input(self, x, plan) -> Tensor:
+        """The encoder's output (payloads or currents, (T, B, n_in)) as sent: already in the
+        graphs' units, which must be the backend's (:meth:`check_backend` with ``plan``)."""
+        self.check_plan(plan)
+        return torch.from_numpy(np.asarray(x))
 
-        Returns ``joint`` (B, E), ``spikes`` (a tuple of L arrays (T, B, n_l)) and, with dynamic
-        thresholds, ``theta`` (T, B, L) as sent. ``backend`` follows the step contract
-        (``stft_neuro.contract``), e.g. ``ReferenceSimulator(plan)``."""
+    def chip_theta0(self, g, plan) -> Tensor:
+        """:meth:`initial_cue` as a tensor (B, L), in the graphs' units."""
+        return torch.from_numpy(self.initial_cue(g))
+
+    def chip_theta(self, spikes_t, g, plan) -> Tensor:
+        """:meth:`cue` of step t's spikes (L tensors (B, n_l)) as a tensor (B, L)."""
+        return torch.from_numpy(self.cue(tuple(s.detach().cpu().float().numpy() for s in spikes_t), g))
+
+    def run(self, audio, visual, lengths, backend: Any) -> dict[str, Any]:
+        """The hybrid closed loop, as ``STFT.forward`` runs it with ``backend``: encode, then
+        :func:`~stft_neuro.closed_loop.closed_loop` with these graphs as the host, then the readout.
+
+        Returns ``joint`` (B, E), ``spikes`` (a tuple of L arrays (T, B, n_l), 0/1 float32), with
+        dynamic thresholds ``theta`` (T, B, L) as sent, and ``record`` (the loop's
+        :class:`~stft_neuro.closed_loop.SpikeRecord`: spikes, thetas and payloads sent, torch).
+        ``backend`` follows the step contract (``stft_neuro.contract``), e.g.
+        ``ReferenceSimulator(plan)``."""
+        from stft_neuro.closed_loop import closed_loop
+
         if not self.spiking:
             return {"joint": self.readout(None, audio, visual, lengths)}
         x, g = self.encode(audio, visual, lengths)
-        state = backend.reset(x.shape[1])
-        self.check_backend(backend)
-        xt = torch.from_numpy(x)
-        out: dict[str, Any] = {}
-        if not self.dynamic_threshold:
-            spikes, _ = backend.run(xt, None, state)
-            spikes = tuple(s.detach().cpu().float().numpy() for s in spikes)
-        else:
-            theta = self.initial_cue(g)
-            per_step, thetas = [], []
-            for t in range(x.shape[0]):
-                thetas.append(theta)
-                s_t, state = backend.step(xt[t], torch.from_numpy(theta), state)
-                s_t = tuple(s.detach().cpu().float().numpy() for s in s_t)
-                per_step.append(s_t)
-                if t + 1 < x.shape[0]:
-                    theta = self.cue(s_t, g)
-            spikes = tuple(np.stack([s[l] for s in per_step]) for l in range(len(per_step[0])))
-            out["theta"] = np.stack(thetas)
-        out["spikes"] = spikes
+        record = closed_loop(self, backend, x, g)
+        spikes = tuple(s.detach().cpu().float().numpy() for s in record.spikes)
+        out: dict[str, Any] = {"spikes": spikes, "record": record}
+        if record.theta is not None:
+            out["theta"] = record.theta.detach().cpu().numpy()
         out["joint"] = self.readout(spikes[-1], audio, visual, lengths)
         return out
 
@@ -682,7 +690,8 @@ def compare_with_torch(model: STFT, host: OnnxHost, audio, visual, lengths, back
         class_embeddings: (C, E) projected class embeddings; when given, the nearest-class
             predictions of both closed loops are compared.
 
-    Per graph, fed identical inputs (the torch closed loop's spikes for the cue and readout):
+    Per graph, fed identical inputs (the torch closed loop's spikes and g for the cues, replayed
+    through :func:`~stft_neuro.closed_loop.closed_loop`; its spikes for the readout):
     ``max_abs_diff`` of float outputs; for integer outputs (payloads, thetas) ``mismatches``
     (count of values that differ), ``total`` and ``max_abs_diff`` in LSBs. ``closed_loop``: each
     host drives its own backend; ``joint_max_abs_diff``, ``spike_mismatches``,
@@ -715,26 +724,23 @@ def compare_with_torch(model: STFT, host: OnnxHost, audio, visual, lengths, back
     ref = model(a, v, n, backend=ref_backend)
     br = model.spiking
     if br is not None:
-        x_t, g_t = br.encode(a, v, n)
+        _, g_t = br.encode(a, v, n)
         x_o, g_o = host.encode(a, v, n)
+        sent = ref["record"].sent  # what the torch host sent: payloads, or float currents
         if host.fixed_point:
-            out["payloads"] = int_stats(x_o, ref_backend.plan.encode_input(x_t) if ref_backend.plan is not None
-                                        else x_t)
+            out["payloads"] = int_stats(x_o, sent)
         else:
-            out["currents"] = float_stats(x_o, x_t)
+            out["currents"] = float_stats(x_o, sent)
         out["g"] = float_stats(g_o, g_t)
         if host.dynamic_threshold:
-            plan = ref_backend.plan
-            conv = (lambda th: th) if plan is None else plan.theta_to_chip
+            # the ONNX host's thetas given the torch loop's spikes and g: the one closed loop, with
+            # a backend that replays those spikes (row t: the cue of step t-1's spikes)
+            from stft_neuro.closed_loop import Replay, closed_loop
+
+            ours = closed_loop(host, Replay(ref["spikes"], ref_backend.plan), x_o, g_t).theta
             stats = int_stats if host.fixed_point else float_stats
-            out["cue0"] = stats(host.initial_cue(g_t), conv(br.initial_cue(g_t)))
-            T = len(ref["spikes"][0])
-            ours, theirs = [], []
-            for t in range(T):
-                s_t = tuple(s[t] for s in ref["spikes"])
-                ours.append(host.cue(s_t, g_t))
-                theirs.append(conv(br.threshold_cue(s_t, g_t)))
-            out["cue"] = stats(np.stack(ours), torch.stack(theirs))
+            out["cue0"] = stats(ours[0].numpy(), ref["theta"][0])
+            out["cue"] = stats(ours[1:].numpy(), ref["theta"][1:])
         out["readout"] = float_stats(host.readout(ref["spikes"][-1], a, v, n), ref["joint"])
     else:
         out["readout"] = float_stats(host.readout(None, a, v, n), ref["joint"])

@@ -31,13 +31,12 @@ Shapes: B batch, S seconds (padded), D = Da + Dv feature width, T steps, L chip 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stft_neuro.config import SpikingConfig
+from stft_neuro.closed_loop import SpikeRecord, closed_loop
 from stft_neuro.contract import SpikingBackend
 from stft_neuro.hw_targets.loihi2 import quantize
 from stft_neuro.hw_targets.loihi2.energy import ChipEnergy, chip_energy_of_record, chip_weights
@@ -88,15 +87,6 @@ class GLP(nn.Module):
 def binary_entropy_bits(p: Tensor) -> Tensor:
     p = p.clamp(1e-6, 1 - 1e-6)
     return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
-
-
-@dataclass
-class SpikeRecord:
-    """What crossed the bridge: per-layer spikes (T, B, n_l) received, the thetas and the inputs sent."""
-
-    spikes: tuple[Tensor, ...]
-    theta: Tensor | None  # (T, B, L), in the backend's units (mantissa offsets for integer backends)
-    sent: Tensor | None = None  # (T, B, n_in): payloads (integer backends) or float currents
 
 
 class SpikingBranch(nn.Module):
@@ -181,27 +171,33 @@ class SpikingBranch(nn.Module):
         """Threshold modulation at step 0 (no output yet, so only the GLP cue): (B, L), threshold units."""
         return self.cfg.threshold * F.softplus(self.cue_glp) * g[:, None]
 
+    # -- the host's side of the closed loop (stft_neuro.closed_loop.LoopHost) ---------------------
+    @property
+    def dynamic_threshold(self) -> bool:
+        return bool(self.cfg.dynamic_threshold)
+
+    def chip_input(self, x: Tensor, plan: DeploymentPlan | None) -> Tensor:
+        """Float currents (T, B, input_dim) -> what is sent: ``plan.encode_input`` payloads (plan
+        None: the currents unchanged)."""
+        return x if plan is None else plan.encode_input(x)
+
+    def chip_theta0(self, g: Tensor, plan: DeploymentPlan | None) -> Tensor:
+        """:meth:`initial_cue` in the backend's units (``plan.theta_to_chip``): (B, L)."""
+        cue = self.initial_cue(g)
+        return cue if plan is None else plan.theta_to_chip(cue)
+
+    def chip_theta(self, spikes_t: tuple[Tensor, ...], g: Tensor, plan: DeploymentPlan | None) -> Tensor:
+        """:meth:`threshold_cue` in the backend's units (``plan.theta_to_chip``): (B, L)."""
+        cue = self.threshold_cue(spikes_t, g)
+        return cue if plan is None else plan.theta_to_chip(cue)
+
     def drive(self, x: Tensor, g: Tensor, backend: SpikingBackend) -> SpikeRecord:
-        """Run the chip through the step contract; closed loop when thresholds are dynamic.
+        """Run the chip through the step contract: :func:`~stft_neuro.closed_loop.closed_loop` with
+        this branch as the host (closed loop when thresholds are dynamic).
 
         ``x`` (T, B, input_dim) float currents. The host converts them, and every threshold cue,
         with ``backend.plan`` (None: float units), the plan the backend itself runs."""
-        state = backend.reset(x.shape[1])
-        plan = backend.plan
-        sent = x if plan is None else plan.encode_input(x)
-        if not self.cfg.dynamic_threshold:
-            spikes, _ = backend.run(sent, None, state)
-            return SpikeRecord(spikes=spikes, theta=None, sent=sent)
-        cue = self.initial_cue(g)
-        per_step, thetas = [], []
-        for t in range(x.shape[0]):
-            theta_t = cue if plan is None else plan.theta_to_chip(cue)
-            thetas.append(theta_t)
-            spikes_t, state = backend.step(sent[t], theta_t, state)
-            per_step.append(spikes_t)
-            cue = self.threshold_cue(spikes_t, g)
-        spikes = tuple(torch.stack([s[l] for s in per_step]) for l in range(len(per_step[0])))
-        return SpikeRecord(spikes=spikes, theta=torch.stack(thetas), sent=sent)
+        return closed_loop(self, backend, x, g)
 
     @property
     def readout_start(self) -> int:

@@ -436,8 +436,10 @@ def host_flops(model: Any, seconds: int, lengths: int | None = None) -> dict[str
     features (``lengths`` valid, default all) under ``FlopCounterMode``:
 
     - ``encoder``: ``SpikingBranch.encode`` (LayerNorm, binning, GLP, the encoder Linear);
-    - ``threshold_cue``: ``initial_cue`` + ``threshold_cue`` for the remaining T-1 steps
-      (elementwise only: 0 counted FLOPs; its estimate counts the elementwise operations);
+    - ``threshold_cue``: the host's side of the closed loop (``stft_neuro.closed_loop``:
+      ``initial_cue`` + ``threshold_cue`` for the remaining T-1 steps), driven by a replay of
+      silent spikes (elementwise only: 0 counted FLOPs; its estimate counts the elementwise
+      operations);
     - ``readout``: TSF (or the mean) over the last layer's spikes;
     - ``transformer``: ``LatentSemanticTransformer``;
     - ``fusion``: the Tucker (or concat) fusion, its output norm and the skip Linear;
@@ -466,13 +468,12 @@ def host_flops(model: Any, seconds: int, lengths: int | None = None) -> dict[str
         hidden = br.cfg.hidden
         out["encoder"] = HostCompute(_counted(lambda: br.encode(a, v, n)), T * S * D + T * D * n_in,
                                      "estimate: binning T*S*D + encoder T*D*n_in")
-        g = torch.zeros(1)
-        spikes_t = tuple(torch.zeros(1, h) for h in hidden)
         if br.cfg.dynamic_threshold:
-            def cue() -> None:
-                br.initial_cue(g)
-                for _ in range(T - 1):
-                    br.threshold_cue(spikes_t, g)
+            from stft_neuro.closed_loop import Replay, closed_loop
+            silent = Replay([torch.zeros(T, 1, h) for h in hidden])  # no spikes; float units
+
+            def cue() -> None:  # the host's side of the one closed loop: T thresholds
+                closed_loop(br, silent, torch.zeros(T, 1, n_in), torch.zeros(1))
             # estimate (elementwise ops per step): mean over each layer, entropy (~6 per layer),
             # softplus x2, two products and a sum per layer
             out["threshold_cue"] = HostCompute(_counted(cue), T * (sum(hidden) + 12 * len(hidden)),
