@@ -70,6 +70,7 @@ import numpy as np
 
 from stft_neuro.hw_targets.errors import ChipInputError, TargetError
 from stft_neuro.hw_targets.loihi2 import constants as C
+from stft_neuro.hw_targets.loihi2.network import PayloadRange
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.hw_targets.loihi2.quantize import NETX_BIAS_EXP
 from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
@@ -407,7 +408,7 @@ def run_netx(path: str | Path, x: Any, num_steps: int | None = None, *,
         raise ChipInputError(f"payload: run_netx takes (T, n_in) or (T, B, n_in), got {a.shape}")
     if a.size and (not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a))):
         raise ChipInputError("payload: values must be finite integers (Loihi units)")
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if bits > 0 else (0, 1)
+    lo, hi = PayloadRange.for_message_bits(bits)
     if a.size and (a.min() < lo or a.max() > hi):
         raise ChipInputError(f"payload: values outside the {bits}-bit payload range [{lo}, {hi}] "
                              f"(min {a.min()}, max {a.max()})")

@@ -56,6 +56,7 @@ from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.arithmetic import FLOAT32_EXACT_MAX
+from stft_neuro.hw_targets.loihi2.network import PayloadRange
 
 #: The same for float64 (53-bit significand, IEEE 754-2008 binary64).
 FLOAT64_EXACT_MAX: int = 2 ** 53
@@ -84,47 +85,8 @@ TIMED_REPS: int = 3
 MAX_REPS: int = 15
 
 
-# ----------------------------------------------------------------------------------------------
-# Payloads
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PayloadRange:
-    """Inclusive integer range ``[lo, hi]`` of the values a Dense receives.
-
-    Binary spikes are ``[0, 1]``; Lava graded spikes of ``b`` message bits, as the host sends them
-    (``hw_targets/loihi2/quantize.py``: signed ``b``-bit), are ``[-2**(b-1), 2**(b-1) - 1]``.
-    """
-
-    lo: int
-    hi: int
-
-    def __post_init__(self) -> None:
-        if int(self.lo) > int(self.hi):
-            raise ValueError(f"PayloadRange: lo={self.lo} > hi={self.hi}")
-
-    @classmethod
-    def for_message_bits(cls, num_message_bits: int) -> "PayloadRange":
-        """The range of a layer's input: binary for 0 bits, else signed ``num_message_bits``."""
-        b = int(num_message_bits)
-        if b < 0:
-            raise ValueError(f"PayloadRange.for_message_bits: {b} < 0")
-        return cls(0, 1) if b == 0 else cls(-(2 ** (b - 1)), 2 ** (b - 1) - 1)
-
-    @property
-    def abs_max(self) -> int:
-        return max(abs(int(self.lo)), abs(int(self.hi)))
-
-    @property
-    def binary(self) -> bool:
-        return int(self.lo) == 0 and int(self.hi) == 1
-
-
 def _as_range(payload: PayloadRange | tuple[int, int]) -> PayloadRange:
-    if isinstance(payload, PayloadRange):
-        return payload
-    lo, hi = payload
-    return PayloadRange(int(lo), int(hi))
+    return payload if isinstance(payload, PayloadRange) else PayloadRange(*payload)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +159,18 @@ def max_row_abs_sum(weight: np.ndarray) -> int:
     if w.size == 0:
         return 0
     return int(np.abs(w.astype(np.int64)).sum(axis=1).max())
+
+
+def partial_sum_bound(weight: np.ndarray, payload: PayloadRange) -> int:
+    """Largest ``|partial sum|`` of ``inp @ weight.T`` for inputs in ``payload``, in any summation
+    order: ``payload.abs_max * max_row_abs_sum(weight)`` (it bounds every subset of a row's terms).
+
+    Not the Dense worst case (``FixedPointLayer.accumulation_range``, the exact range of the *full*
+    sum, which is what Lava's int32 accumulator must hold: int32 addition wraps modulo ``2**32``, so
+    its partial sums cannot matter). A float or saturating int8 kernel rounds or clips *partial*
+    sums, so its exactness needs this bound on all of them.
+    """
+    return _as_range(payload).abs_max * max_row_abs_sum(weight)
 
 
 #: Output columns of the int8 self-test (a multiple of 8, as CUDA's ``_int_mm`` requires).
@@ -316,7 +290,7 @@ def kernel_report(weight: np.ndarray, payload: PayloadRange | tuple[int, int],
         raise ValueError("exact_kernels: weights must be integers")
     w = w.astype(np.int64)
     n_out, n_in = w.shape
-    bound = p.abs_max * max_row_abs_sum(w)
+    bound = partial_sum_bound(w, p)
     kernels: dict[str, DenseKernel] = {}
     rejected: dict[str, str] = {}
 
@@ -325,7 +299,7 @@ def kernel_report(weight: np.ndarray, payload: PayloadRange | tuple[int, int],
     else:
         rejected["float64"] = f"bound {bound} > 2**53"
     if bound > FLOAT32_EXACT_MAX:
-        rejected["float32"] = (f"bound payload_abs_max * max_row_abs_sum = {p.abs_max} * "
+        rejected["float32"] = (f"partial-sum bound payload_abs_max * max_row_abs_sum = {p.abs_max} * "
                                f"{max_row_abs_sum(w)} = {bound} > 2**24")
     elif not float32_matmul_is_ieee(dev):
         rejected["float32"] = "float32 matmuls are not IEEE here (TF32 or bf16 enabled)"
@@ -334,7 +308,7 @@ def kernel_report(weight: np.ndarray, payload: PayloadRange | tuple[int, int],
 
     step = C.WEIGHT_MIXED_STEP if (w.size and not (w % C.WEIGHT_MIXED_STEP).any()) else 1
     wq = w // step
-    qbound = p.abs_max * max_row_abs_sum(wq)
+    qbound = partial_sum_bound(wq, p)
     fallback = kernels.get("float32") or kernels.get("float64")
     if not hasattr(torch, "_int_mm"):
         rejected["int8"] = "torch._int_mm is missing"

@@ -18,10 +18,12 @@ How it is fast and still exact:
   the layer's shape and the run's ``T*B`` (a power-of-two bucket). On an AVX512-VNNI CPU that is
   int8 (~3x float32); on an AVX2-only CPU, where ``_int_mm`` is a naive loop ~30x slower, float32.
   ``STFT_NEURO_DENSE_KERNEL=float32|float64|int8`` forces one (an inexact choice is refused).
-- **float64 neuron state.** u and v are held in float64, where ``u * (4096 - du - 1) / 4096`` is
-  exact (< 2**37), so Lava's decay ``sign(p) * (|p| >> 12)`` is one multiply and one ``trunc``.
-- **Static range analysis.** Lava's u wrap is skipped for a layer whose largest possible ``|u|``
-  (``64 * max|a| * 4096 / (du + 1)``) stays below ``2**23``; v's clip is always applied.
+- **One LIF definition.** Each step of each layer is ``arithmetic.lif_step`` on float64 state
+  (exact: every value is an integer below ``2**53``); the Dense exponent is ``arithmetic.shift_floor``
+  on the kernel's exact product. Nothing of Lava's update order is written here.
+- **Static range analysis.** Lava's u wrap is skipped for a layer where it provably never acts
+  (``FixedPointLayer.u_can_wrap``: the sustained worst-case ``|u|`` stays below ``2**23``);
+  v's clip is always applied.
 
 Spikes are returned as float32 0/1 tensors ``(T, B, n_l)``; the state (:class:`ChipState`) holds
 float64 tensors of integer values. ``theta`` is in threshold-mantissa units (integers). Payloads and
@@ -30,7 +32,6 @@ runs: the same errors as the torch deploy mode and Lava.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -38,12 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stft_neuro.hw_targets.loihi2 import arithmetic as A
 from stft_neuro.hw_targets.loihi2 import constants as C
-from stft_neuro.hw_targets.loihi2.arithmetic import payload_max
+from stft_neuro.hw_targets.loihi2.network import PayloadRange
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.hw_targets.loihi2.weights import effective_bias, lava_effective_weights
 from stft_neuro.contract import ChipState
-from stft_neuro.sim.dense_kernels import DenseKernel, PayloadRange, choose_kernel
+from stft_neuro.sim.dense_kernels import DenseKernel, choose_kernel
 
 STATE_DTYPE = torch.float64
 SPIKE_DTYPE = torch.float32
@@ -55,23 +57,14 @@ class _Layer:
 
     weight: np.ndarray   # (n_out, n_in) Lava-effective integer weights
     payload: PayloadRange
-    a_scale: float       # 2**weight_exp (exact power of two)
-    floor_a: bool        # weight_exp < 0: floor after scaling
-    u_keep: float        # (4096 - du - 1) / 4096, exact dyadic
-    v_keep: float        # (4096 - dv) / 4096
+    weight_exp: int
+    du: int
+    dv: int
+    vth: int
     bias: Tensor         # (n_out,) bias_mant << bias_exp, float64
-    vth_shifted: float   # vth << 6
-    needs_wrap: bool
+    u_can_wrap: bool
     n_out: int
     kernels: dict = field(default_factory=dict)  # rows bucket -> DenseKernel
-
-
-def _layer_bounds(w: np.ndarray, pmax: int, weight_exp: int, du: int) -> tuple[int, int, int]:
-    """``(acc_bound, a_bound, u_bound)``: largest possible ``|W @ s|``, ``|a|``, ``|u|``."""
-    acc = int(np.abs(w).sum(axis=1).max(initial=0)) * pmax
-    a = acc << weight_exp if weight_exp >= 0 else -((-acc) >> -weight_exp)  # ceil for the bound
-    u = math.ceil(a * 2 ** C.ACT_SHIFT * C.DECAY_UNITY / (du + C.DS_OFFSET))
-    return acc, a, u
 
 
 class ReferenceSimulator:
@@ -93,22 +86,22 @@ class ReferenceSimulator:
         self.device = torch.device(device)
         layers = []
         for layer in network.layers:
-            w = lava_effective_weights(layer.weight)
-            acc, a_bound, u_bound = _layer_bounds(w, payload_max(layer), layer.weight_exp, layer.du)
-            if a_bound * 2 ** C.ACT_SHIFT >= 2 ** (C.ACCUM_BITS - 1) or acc >= 2 ** (C.ACCUM_BITS - 1):
-                warnings.warn(f"ReferenceSimulator: layer {layer.name}: Dense output bound {a_bound} "
-                              "overflows Lava's int32 arithmetic; results may differ from Lava",
-                              RuntimeWarning, stacklevel=2)
+            acc_lo, acc_hi = layer.accumulation_range
+            a_lo, a_hi = layer.dense_output_range
+            int32 = 2 ** (C.ACCUM_BITS - 1)
+            if not (-int32 <= acc_lo and acc_hi < int32
+                    and -int32 <= a_lo << C.ACT_SHIFT and a_hi << C.ACT_SHIFT < int32):
+                warnings.warn(f"ReferenceSimulator: layer {layer.name}: worst-case accumulation "
+                              f"[{acc_lo}, {acc_hi}] or Dense output [{a_lo}, {a_hi}] << "
+                              f"{C.ACT_SHIFT} overflows Lava's int32 arithmetic; results may "
+                              "differ from Lava", RuntimeWarning, stacklevel=2)
             layers.append(_Layer(
-                weight=w, payload=PayloadRange.for_message_bits(layer.num_message_bits),
-                a_scale=float(2.0 ** layer.weight_exp),
-                floor_a=layer.weight_exp < 0,
-                u_keep=(C.DECAY_UNITY - layer.du - C.DS_OFFSET) / C.DECAY_UNITY,
-                v_keep=(C.DECAY_UNITY - layer.dv - C.DM_OFFSET) / C.DECAY_UNITY,
+                weight=lava_effective_weights(layer.weight), payload=layer.payload,
+                weight_exp=int(layer.weight_exp), du=int(layer.du), dv=int(layer.dv),
+                vth=int(layer.vth),
                 bias=torch.as_tensor(effective_bias(layer.bias_mant, layer.bias_exp),
                                      device=self.device).to(STATE_DTYPE),
-                vth_shifted=float(int(layer.vth) << C.VTH_SHIFT),
-                needs_wrap=u_bound >= C.UV_MAX_VAL,
+                u_can_wrap=layer.u_can_wrap,
                 n_out=layer.n_out,
             ))
         self._layers = tuple(layers)
@@ -170,33 +163,17 @@ class ReferenceSimulator:
         T, B = int(inp.shape[0]), int(inp.shape[1])
         n = lay.n_out
         # Dense for all T at once; a_in[t] is what the LIF receives at step t (one-step delay).
-        a_in = torch.empty(T + 1, B, n, dtype=STATE_DTYPE, device=self.device)
-        a_in[0].copy_(a0)
         flat = inp.reshape(T * B, -1)
         kernel = self.kernel(l, T * B, flat.dtype)
-        acc = kernel.raw(flat).to(STATE_DTYPE).view(T, B, n)                  # (T, B, n) exact
-        if lay.a_scale * kernel.step != 1.0:
-            acc.mul_(lay.a_scale * kernel.step)   # both powers of two: exact
-            if lay.floor_a:
-                acc.floor_()
-        a_in[1:].copy_(acc)
-        a_last = a_in[T].clone()
-        a64 = a_in[:T].mul_(float(2 ** C.ACT_SHIFT))                              # (T, B, n)
-        if theta is None:
-            thr = torch.full((T, 1, 1), lay.vth_shifted, dtype=STATE_DTYPE, device=self.device)
-        else:
-            thr = theta.mul(float(2 ** C.VTH_SHIFT)).add_(lay.vth_shifted).unsqueeze(-1)  # (T,B,1)
-        u = u0.to(self.device, STATE_DTYPE).clone()
-        v = v0.to(self.device, STATE_DTYPE).clone()
+        acc = kernel.accumulate(flat).view(T, B, n)                             # (T, B, n) exact
+        a_in = torch.cat([a0.to(self.device, STATE_DTYPE)[None], A.shift_floor(acc, lay.weight_exp)])
+        # The threshold mantissa of every step: vth, or vth + theta (B,) per step.
+        vth = [lay.vth] * T if theta is None else list(theta.add(lay.vth).unbind(0))
+        u = u0.to(self.device, STATE_DTYPE)
+        v = v0.to(self.device, STATE_DTYPE)
         out = torch.empty(T, B, n, dtype=SPIKE_DTYPE, device=self.device)
-        m = float(C.UV_MAX_VAL)
         for t in range(T):
-            u.mul_(lay.u_keep).trunc_().add_(a64[t])
-            if lay.needs_wrap:
-                u = torch.where(u > m, u - 2 * m, u)
-                u = torch.where(u <= -m, u + 2 * m, u)
-            v.mul_(lay.v_keep).trunc_().add_(u).add_(lay.bias).clamp_(C.V_MIN, C.V_MAX)
-            fired = v > thr[t]
-            out[t].copy_(fired)
-            v.masked_fill_(fired, C.V_RESET)
-        return out, u, v, a_last
+            s, u, v = A.lif_step(a_in[t], u, v, du=lay.du, dv=lay.dv, bias=lay.bias, vth=vth[t],
+                                 u_can_wrap=lay.u_can_wrap)
+            out[t].copy_(s)
+        return out, u, v, a_in[T].clone()

@@ -1,14 +1,20 @@
 """Loihi 2's fixed-point Dense + LIF arithmetic in torch, bit-exact with Lava's ``fixed_pt`` models.
 
-One definition of the integer arithmetic, used three ways:
+One definition of the integer arithmetic: :func:`lif_step` (the LIF update) and :func:`dense` /
+:func:`shift_floor` (the Dense accumulation and its weight exponent). Used four ways:
 
 1. **Quantization-aware training / torch deploy mode**: inputs are float tensors that hold integer
    values (the plan's weights wrapped by :func:`~stft_neuro.hw_targets.loihi2.quantize.qat_layers`).
    The forward pass is exact; every rounding, shift, wrap and clip has a straight-through backward
    (the gradient of ``y = round(k * x)`` is ``k``; of a wrap/clip, 1). The spike nonlinearity is the
    caller's ``spike_fn`` (a surrogate-gradient Heaviside), applied to ``v - (vth_eff << 6)``.
-2. **Tests**: stepping :func:`chip_step` over T steps must equal ``ReferenceSimulator`` and Lava.
-3. **Documentation**: the order of operations below *is* Lava's (lava-nc 0.10.0,
+2. **The reference simulator** (``sim/reference.py``) steps :func:`lif_step` over t for each layer
+   and applies :func:`shift_floor` to the products of its exact Dense kernels
+   (``sim/dense_kernels.py``, tested equal to :func:`dense`): the same functions, in a loop order
+   that batches the Dense over all T steps.
+3. **Tests**: stepping :func:`chip_step` over T steps must equal ``ReferenceSimulator`` and Lava;
+   :func:`lif_step` equals a transcription of Lava's numpy code (``tests/test_loihi2_arithmetic.py``).
+4. **Documentation**: the order of operations below *is* Lava's (lava-nc 0.10.0,
    ``lava/proc/dense/models.py`` ``AbstractPyDenseModelBitAcc.run_spk`` and
    ``lava/proc/lif/models.py`` ``AbstractPyLifModelFixed.subthr_dynamics`` / ``PyLifModelBitAcc``).
 
@@ -40,7 +46,8 @@ state scale ``S`` (integer LSBs of u and v per float unit; ``quantize.py`` choos
 
 Preconditions (guaranteed by ``quantize.py`` and checked by the design rules, not here): weights
 are Lava-effective (:func:`lava_effective_weights` is the identity on them), ``|a| < 2**25`` so that
-``a << 6`` fits Lava's int32, and Dense accumulations fit in int32.
+``a << 6`` fits Lava's int32, and Dense accumulations fit in int32 (the worst cases are properties
+of the layer: ``FixedPointLayer.dense_output_range``, ``accumulation_range``).
 
 Float tensors are computed internally in float64 (exact for all integers below 2**53: the decay
 product ``u * 4095`` needs 36 bits) and returned in the input dtype; integer tensors in int64.
@@ -101,13 +108,17 @@ def decay(x: Tensor, decay_const: int) -> Tensor:
     (``lif/models.py`` l.145-153, l.174-184). Straight-through gradient ``(4096 - decay_const)/4096``.
     """
     keep = C.DECAY_UNITY - int(decay_const)
-    w = _work(x)
-    p = w * keep
-    if p.is_floating_point():
-        y = torch.trunc(p / C.DECAY_UNITY)
+    w = _work(x.detach())
+    if w.is_floating_point():
+        # (w * keep) / 4096 == w * (keep / 4096) exactly: |w * keep| < 2**37 and keep / 4096 is
+        # dyadic, so the one rounding of the product has nothing to round.
+        y = (w * (keep / C.DECAY_UNITY)).trunc_()
     else:
+        p = w * keep
         y = torch.sign(p) * torch.bitwise_right_shift(p.abs(), C.DECAY_SHIFT)
-    return straight_through(x, y, keep / C.DECAY_UNITY).to(x.dtype if x.is_floating_point() else torch.int64)
+    y = straight_through(x, y, keep / C.DECAY_UNITY)
+    out = x.dtype if x.is_floating_point() else torch.int64
+    return y if y.dtype == out else y.to(out)
 
 
 def wrap_u(u: Tensor) -> Tensor:
@@ -158,9 +169,9 @@ def dense(s: Tensor, weight: Tensor, weight_exp: int, payload_max: int = 1) -> T
 
 
 def lif_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tensor,
-             vth: int | Tensor, spike_fn: SpikeFn = heaviside, detach_reset: bool = True
-             ) -> tuple[Tensor, Tensor, Tensor]:
-    """One step of Lava's ``PyLifModelBitAcc`` with a per-sample threshold.
+             vth: int | Tensor, spike_fn: SpikeFn = heaviside, detach_reset: bool = True,
+             u_can_wrap: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of Lava's ``PyLifModelBitAcc`` with a per-sample threshold: the one LIF update.
 
     Args:
         a_in: ``(B, n)`` Dense output computed at the previous step (Lava's ``a_in``).
@@ -174,22 +185,29 @@ def lif_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tens
             your surrogate wants a normalised argument) to spikes; must return exactly
             ``(x > 0)`` in the forward pass.
         detach_reset: if True, the reset ``v * (1 - s)`` does not backpropagate through ``s``.
+        u_can_wrap: False only where it is proven that no input can make Lava's u wrap act
+            (``FixedPointLayer.u_can_wrap``): the wrap is then skipped, a no-op by that proof.
 
     Returns ``(s, u, v)`` in the dtype of ``u`` (``s`` in ``spike_fn``'s dtype).
     """
     out_dtype = u.dtype if u.is_floating_point() else torch.int64
-    u = decay(u, du + C.DS_OFFSET)
-    u = wrap_u(_work(u) + _work(a_in) * (2 ** C.ACT_SHIFT))
-    v = decay(v, dv + C.DM_OFFSET)
-    v = clip_v(_work(v) + u + _work(bias))
+    # The in-place ops below act on tensors this function has just made (the decays' results),
+    # never on an argument, and none of them overwrites a value autograd saved: exact, and the
+    # same gradients as their out-of-place forms. u + (a << 6) is one op (integers below 2**53).
+    u = _work(decay(u, du + C.DS_OFFSET)).add_(_work(a_in), alpha=2 ** C.ACT_SHIFT)
+    if u_can_wrap:
+        u = wrap_u(u)
+    v = clip_v(_work(decay(v, dv + C.DM_OFFSET)).add_(u).add_(_work(bias)))
     if isinstance(vth, Tensor):
         thr = _work(vth).reshape(-1, 1) * (2 ** C.VTH_SHIFT)
     else:
         thr = int(vth) * (2 ** C.VTH_SHIFT)
     s = spike_fn(v - thr)
-    keep = 1 - (s.detach() if detach_reset else s)
-    v = v * keep.to(v.dtype)
-    return s.to(out_dtype) if not s.is_floating_point() else s, u.to(out_dtype), v.to(out_dtype)
+    keep = torch.rsub(s.detach() if detach_reset else s, 1)
+    v = v * (keep if keep.dtype == v.dtype else keep.to(v.dtype))
+    if u.dtype != out_dtype:
+        u, v = u.to(out_dtype), v.to(out_dtype)
+    return s.to(out_dtype) if not s.is_floating_point() else s, u, v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,11 +231,6 @@ class LayerArith(NamedTuple):
     payload_max: int = 1
 
 
-def payload_max(layer: FixedPointLayer) -> int:
-    """Largest ``|payload|`` the layer's Dense receives: 1 (binary) or ``2**(num_message_bits-1)``."""
-    return 1 if layer.num_message_bits == 0 else 2 ** (layer.num_message_bits - 1)
-
-
 def layer_arith(layer: FixedPointLayer, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float64) -> LayerArith:
     """:class:`LayerArith` of a :class:`FixedPointLayer` (weights made Lava-effective)."""
@@ -226,7 +239,7 @@ def layer_arith(layer: FixedPointLayer, device: str | torch.device = "cpu",
         weight_exp=int(layer.weight_exp), du=int(layer.du), dv=int(layer.dv), vth=int(layer.vth),
         bias=torch.as_tensor(effective_bias(layer.bias_mant, layer.bias_exp),
                              device=device).to(dtype),
-        payload_max=payload_max(layer))
+        payload_max=layer.payload.abs_max)
 
 
 def network_arith(network: FixedPointNetwork, device: str | torch.device = "cpu",

@@ -7,13 +7,74 @@ and the design rules (``rules.py``) and core mapping (``mapping.py``) check it.
 
 Units are Lava's ``fixed_pt`` process parameters (``lava.proc.dense.process.Dense`` and
 ``lava.proc.lif.process.LIF``): integer mantissas and exponents, decays in 1/4096 per step.
-This module is data only; the arithmetic lives in ``arithmetic.py``.
+This module is data plus the worst-case bounds that follow from it; the arithmetic itself lives in
+``arithmetic.py``.
+
+The bounds are defined here once, as properties of :class:`FixedPointLayer`, and every consumer
+(quantization report, design rules, reference simulator, Dense kernels, netx runner, plan checks)
+reads them from here:
+
+- :class:`PayloadRange` / :attr:`FixedPointLayer.payload`: what one input of a layer's Dense can be;
+- :attr:`FixedPointLayer.accumulation_range` / :attr:`FixedPointLayer.dense_output_range`: the exact
+  worst case of Lava's Dense over every legal input (attained, not just an upper bound);
+- :attr:`FixedPointLayer.u_sustained_bound` / :attr:`FixedPointLayer.u_can_wrap`: the largest ``|u|``
+  under that worst case held every step, and whether Lava's u wrap can then ever act.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+from stft_neuro.hw_targets.loihi2 import constants as C
+from stft_neuro.hw_targets.loihi2.weights import lava_effective_weights
+
+
+class _Range(NamedTuple):
+    lo: int
+    hi: int
+
+
+class PayloadRange(_Range):
+    """Inclusive integer range ``(lo, hi)`` of one input value of a Dense (a tuple: unpacks as one).
+
+    Binary spikes are ``(0, 1)``. Graded spikes of ``b`` message bits, as the host sends them
+    (``DeploymentPlan.encode_input``: signed ``b``-bit), are ``(-2**(b-1), 2**(b-1) - 1)``. Lava's
+    Dense multiplies whatever integers it receives (``lava/proc/dense/models.py`` l.97-101); the
+    range is this project's contract, checked by ``DeploymentPlan.check_payload``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, lo: int, hi: int) -> "PayloadRange":
+        if int(lo) > int(hi):
+            raise ValueError(f"PayloadRange: lo={lo} > hi={hi}")
+        return super().__new__(cls, int(lo), int(hi))
+
+    @classmethod
+    def for_message_bits(cls, num_message_bits: int) -> "PayloadRange":
+        """The input range of a Dense with ``num_message_bits``: binary for 0, else signed."""
+        b = int(num_message_bits)
+        if b < 0:
+            raise ValueError(f"PayloadRange.for_message_bits: {b} < 0")
+        return cls(0, 1) if b == 0 else cls(-(2 ** (b - 1)), 2 ** (b - 1) - 1)
+
+    @property
+    def abs_max(self) -> int:
+        """Largest ``|value|`` (``2**(b-1)`` for ``b`` graded bits, 1 for binary spikes)."""
+        return max(abs(self.lo), abs(self.hi))
+
+    @property
+    def binary(self) -> bool:
+        return self.lo == 0 and self.hi == 1
+
+
+def lava_dense_shift(acc: int, weight_exp: int) -> int:
+    """Lava Dense's weight exponent on one integer: ``acc << e``, or ``acc >> -e`` (floor) for
+    ``e < 0`` (``np.left_shift`` / ``np.right_shift``, ``lava/proc/dense/models.py`` l.103-107)."""
+    e = int(weight_exp)
+    return int(acc) << e if e >= 0 else int(acc) >> -e
 
 
 @dataclass(frozen=True)
@@ -53,6 +114,66 @@ class FixedPointLayer:
     @property
     def n_out(self) -> int:
         return int(self.weight.shape[0])
+
+    # ------------------------------------------------------------------ worst-case bounds
+    @property
+    def payload(self) -> PayloadRange:
+        """The range of one input of this layer's Dense (:meth:`PayloadRange.for_message_bits`)."""
+        return PayloadRange.for_message_bits(self.num_message_bits)
+
+    @property
+    def accumulation_range(self) -> tuple[int, int]:
+        """Exact worst case ``(min, max)``, over neurons and every input vector in :attr:`payload`,
+        of Lava's Dense accumulation ``W @ s`` with the weights Lava uses
+        (:func:`~stft_neuro.hw_targets.loihi2.weights.lava_effective_weights`).
+
+        Per neuron ``j`` with positive-weight sum ``P_j`` and negative-weight sum ``N_j``, the
+        maximum is ``P_j * hi + N_j * lo`` and the minimum ``P_j * lo + N_j * hi`` (each input picks
+        its extreme independently, so both are attained). Python integers: no overflow. ``(0, 0)``
+        for an empty matrix. This full-sum range is what Lava's int32 accumulator must hold
+        (int32 wraps modulo ``2**32``, so partial sums do not matter there).
+        """
+        w = lava_effective_weights(self.weight)
+        if w.size == 0:
+            return 0, 0
+        lo_s, hi_s = self.payload
+        pos = np.clip(w, 0, None).sum(axis=1, dtype=np.int64)   # (n_out,) P_j
+        neg = np.clip(w, None, 0).sum(axis=1, dtype=np.int64)   # (n_out,) N_j
+        hi = max(int(p) * hi_s + int(n) * lo_s for p, n in zip(pos, neg))
+        lo = min(int(p) * lo_s + int(n) * hi_s for p, n in zip(pos, neg))
+        return lo, hi
+
+    @property
+    def dense_output_range(self) -> tuple[int, int]:
+        """Exact worst case ``(min, max)`` of the Dense output ``a_out``: :attr:`accumulation_range`
+        through the weight exponent as Lava applies it (:func:`lava_dense_shift`; monotone, so the
+        extremes map to the extremes)."""
+        lo, hi = self.accumulation_range
+        return lava_dense_shift(lo, self.weight_exp), lava_dense_shift(hi, self.weight_exp)
+
+    @property
+    def dense_output_abs_max(self) -> int:
+        """Largest possible ``|a_out|`` (attained): ``max(|min|, |max|)`` of :attr:`dense_output_range`."""
+        lo, hi = self.dense_output_range
+        return max(-lo, hi)
+
+    @property
+    def u_sustained_bound(self) -> int:
+        """Largest ``|u|`` when every step adds the worst ``|a_out| << 6`` (and u starts at 0):
+        ``floor(A * 4096 / (du + 1))`` with ``A = dense_output_abs_max << ACT_SHIFT``.
+
+        Why it holds (Lava's ``u <- trunc(u * (4095 - du) / 4096) + (a << 6)``, ``lif/models.py``
+        l.145-158): with ``M`` this bound, ``|u| <= M`` gives ``|u'| <= M - ceil(M (du+1) / 4096) + A``,
+        and ``M (du+1) / 4096 > A - 1``, so ``|u'| <= M``: an invariant of the update.
+        """
+        a = self.dense_output_abs_max << C.ACT_SHIFT
+        return a * C.DECAY_UNITY // (int(self.du) + C.DS_OFFSET)
+
+    @property
+    def u_can_wrap(self) -> bool:
+        """Whether Lava's u wrap (``u > 2**23`` or ``u <= -2**23``, ``lif/models.py`` l.161-170) can
+        act for some input: False when :attr:`u_sustained_bound` ``< 2**23``."""
+        return self.u_sustained_bound >= C.UV_MAX_VAL
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from stft_neuro.hw_targets.errors import ChipInputError, PlanFormatError
 from stft_neuro.hw_targets.loihi2 import constants as C
-from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
+from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork, PayloadRange
 from stft_neuro.hw_targets.loihi2.ste import straight_through
 
 PLAN_FORMAT = "stft-neuro/deployment-plan"
@@ -111,9 +111,10 @@ class DeploymentPlan:
         return int(self.network.layers[0].num_message_bits)
 
     @property
-    def payload_range(self) -> tuple[int, int]:
-        """Inclusive range of a signed ``input_bits`` payload."""
-        return -(2 ** (self.input_bits - 1)), 2 ** (self.input_bits - 1) - 1
+    def payload_range(self) -> PayloadRange:
+        """Inclusive ``(lo, hi)`` of a signed ``input_bits`` payload: the first layer's
+        :attr:`~stft_neuro.hw_targets.loihi2.network.FixedPointLayer.payload`."""
+        return self.network.layers[0].payload
 
     @property
     def vth(self) -> tuple[int, ...]:

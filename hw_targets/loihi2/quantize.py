@@ -65,8 +65,8 @@ import torch
 from torch import Tensor
 
 from stft_neuro.hw_targets.loihi2 import constants as C
-from stft_neuro.hw_targets.loihi2.arithmetic import LayerArith, payload_max
-from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
+from stft_neuro.hw_targets.loihi2.arithmetic import LayerArith
+from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork, PayloadRange
 from stft_neuro.hw_targets.loihi2.plan import DEFAULT_DT_S, DeploymentPlan
 from stft_neuro.hw_targets.loihi2.ste import straight_through
 from stft_neuro.hw_targets.loihi2.weights import (effective_bias, lava_effective_weights, weight_range,
@@ -129,8 +129,8 @@ class LayerQuantInfo:
     du: int
     dv: int
     decay_error: tuple[float, float]  # |effective - float| of (du, dv) fractions
-    a_out_bound: int              # largest possible |Dense output| (worst case, all inputs max)
-    a_out_fits: bool              # a_out_bound within A_OUT_BITS (Loihi 2's 16-bit dendrite)
+    a_out_bound: int              # largest possible |Dense output| (FixedPointLayer.dense_output_abs_max)
+    a_out_fits: bool              # dense_output_range within A_OUT_BITS (Loihi 2's 16-bit dendrite)
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def input_scale_for(max_abs_input: float, input_bits: int) -> float:
     """The input scale that maps ``max_abs_input`` to the largest ``input_bits``-bit payload."""
     if not 1 < input_bits <= C.INPUT_BITS_MAX:
         raise ValueError(f"input_scale_for: input_bits={input_bits} outside [2, {C.INPUT_BITS_MAX}]")
-    return float(max_abs_input) / (2 ** (input_bits - 1) - 1) if max_abs_input > 0 else 1.0
+    return float(max_abs_input) / PayloadRange.for_message_bits(input_bits).hi if max_abs_input > 0 else 1.0
 
 
 def choose_layer_scales(max_abs_weight: float, threshold: float, in_scale: float,
@@ -183,10 +183,16 @@ def choose_layer_scales(max_abs_weight: float, threshold: float, in_scale: float
                         ) -> LayerScales:
     """Pick ``k`` and ``weight_exp`` for a layer (rules in the module docstring).
 
-    ``max_row_abs_sum`` (largest ``sum_i |W_f[j, i]|``), ``n_in`` and ``payload_max`` bound the Dense
-    output: the exponent is also small enough that the worst case,
+    ``max_row_abs_sum`` (largest ``sum_i |W_f[j, i]|``), ``n_in`` and ``payload_max`` (largest
+    ``|payload|``) give the exponent an envelope of the Dense output *before* the weights are
+    rounded: the exponent is also small enough that
     ``(k * max_row_abs_sum + n_in) * payload_max * 2**weight_exp`` (``+ n_in``: rounding adds at
-    most one per weight), fits the 16-bit synaptic input, so no input can wrap ``u`` in one step.
+    most one per weight) fits the 16-bit synaptic input, so no input can wrap ``u`` in one step.
+    This is a sufficient condition, not the bound: it treats every input as ``+-payload_max``
+    (binary spikes as +-1) and so is up to ~2x above the exact worst case of the rounded layer,
+    ``FixedPointLayer.dense_output_range``, which is what the quantization report and the design
+    rules use (a test shows the envelope is never below it). It is kept as it is because the
+    exponent it selects is part of every plan (changing it would change deployed networks).
     """
     if threshold <= 0:
         raise ValueError(f"choose_layer_scales: threshold must be > 0, got {threshold}")
@@ -239,7 +245,7 @@ def quantize_layer(layer: FloatLayer, in_scale: float, num_message_bits: int, *,
     w = np.asarray(layer.weight, dtype=np.float64)
     mode = weight_sign_mode(w)
     ref = float(np.percentile(np.abs(w), weight_clip_percentile)) if w.size else 0.0
-    pmax = 1 if num_message_bits == 0 else 2 ** (num_message_bits - 1)
+    pmax = PayloadRange.for_message_bits(num_message_bits).abs_max
     sc = choose_layer_scales(ref, layer.threshold, in_scale, mode, threshold_headroom_bits,
                              float(np.abs(w).sum(axis=1).max(initial=0.0)), w.shape[1], pmax)
     if netx_compatible:  # weight_exp 0 or -1: fold e < 0 into k, drop e > 0 (module docstring)
@@ -255,8 +261,6 @@ def quantize_layer(layer: FloatLayer, in_scale: float, num_message_bits: int, *,
                                                  NETX_BIAS_EXP if netx_compatible else None)
     du, dv = decay_to_int(layer.du, layer.dv)
     vth = int(np.clip(round(layer.threshold * sc.threshold_scale), 0, C.VTH_MAX))
-    acc = int(np.abs(w_int).sum(axis=1).max(initial=0)) * pmax
-    a_bound = acc << sc.weight_exp if sc.weight_exp >= 0 else -((-acc) >> -sc.weight_exp)
     eff_du, eff_dv = decay_to_float(du, dv)
     fixed = FixedPointLayer(name=layer.name, weight=w_int, weight_exp=sc.weight_exp, du=du, dv=dv,
                             vth=vth, bias_mant=bias_mant, bias_exp=bias_exp,
@@ -269,7 +273,8 @@ def quantize_layer(layer: FloatLayer, in_scale: float, num_message_bits: int, *,
         vth=vth, threshold_error=abs(vth / sc.threshold_scale - layer.threshold),
         bias_saturated=bias_sat, du=du, dv=dv,
         decay_error=(abs(eff_du - layer.du), abs(eff_dv - layer.dv)),
-        a_out_bound=a_bound, a_out_fits=a_bound <= C.A_OUT_MAX)
+        a_out_bound=fixed.dense_output_abs_max,
+        a_out_fits=C.A_OUT_MIN <= fixed.dense_output_range[0] and fixed.dense_output_range[1] <= C.A_OUT_MAX)
     return fixed, info
 
 
@@ -337,5 +342,5 @@ def qat_layers(plan: DeploymentPlan, report: QuantizationReport, weights: Sequen
                               weight_exp=int(layer.weight_exp), du=int(layer.du), dv=int(layer.dv),
                               vth=int(layer.vth),
                               bias=straight_through(b, b_eff, info.scales.state_scale),
-                              payload_max=payload_max(layer)))
+                              payload_max=layer.payload.abs_max))
     return out

@@ -14,11 +14,12 @@ Bit widths come from ``constants.py`` (Lava's ``fixed_pt`` models), capacities f
 - exactness of the integer arithmetic: the worst case over all inputs of the Dense accumulation
   must not overflow Lava's int32, the 16-bit Dense output, nor wrap the 24-bit ``u``.
 
-Worst-case input: layer 0 receives the host's graded spikes when ``num_message_bits > 0``, taken
-as signed ``num_message_bits``-bit integers, else binary spikes; every later layer receives the
-binary spikes (0 or 1) of the LIF before it. ``u_worst_case_no_wrap`` bounds ``u`` under that
-input held for ever (``|u| <= |a << 6| * 4096 / (du + 1)``); whether that input can occur depends
-on the data, so it is a *warning*: ``ensure_deployable`` raises on errors only.
+Worst-case input: each layer's :attr:`~stft_neuro.hw_targets.loihi2.network.FixedPointLayer.payload`
+(signed ``num_message_bits``-bit integers for graded spikes, 0 or 1 for binary spikes); the bounds
+are the layer's properties (``network.py``), computed there once for every consumer.
+``u_worst_case_no_wrap`` bounds ``u`` under that input held for ever
+(``FixedPointLayer.u_sustained_bound``); whether that input can occur depends on the data, so it
+is a *warning*: ``ensure_deployable`` raises on errors only.
 """
 from __future__ import annotations
 
@@ -131,37 +132,16 @@ def _is_matrix(layer: FixedPointLayer) -> bool:
     return isinstance(layer.weight, np.ndarray) and layer.weight.ndim == 2
 
 
-def _input_payload(network: FixedPointNetwork, index: int) -> tuple[int, int]:
-    """``(min, max)`` of one input spike of layer ``index`` (see the module docstring)."""
-    bits = network.layers[index].num_message_bits
-    if index == 0 and bits > 0:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 1
-
-
 def accumulation_bounds(network: FixedPointNetwork, index: int) -> tuple[int, int]:
-    """Worst-case ``(min, max)`` over neurons and inputs of layer ``index``'s ``weight @ s``."""
-    w = network.layers[index].weight
-    lo_s, hi_s = _input_payload(network, index)
-    if w.shape[0] == 0 or w.shape[1] == 0:
-        return 0, 0
-    pos = np.clip(w, 0, None).sum(axis=1, dtype=np.int64)   # (n_out,) sum of positive weights
-    neg = np.clip(w, None, 0).sum(axis=1, dtype=np.int64)   # (n_out,) sum of negative weights
-    hi = [int(p) * hi_s + int(n) * lo_s for p, n in zip(pos, neg)]  # Python ints: no overflow
-    lo = [int(p) * lo_s + int(n) * hi_s for p, n in zip(pos, neg)]
-    return min(lo), max(hi)
-
-
-def _shift(x: int, exp: int) -> int:
-    """Lava Dense's weight exponent: ``x << exp`` or ``x >> -exp`` (floor)."""
-    return x << exp if exp >= 0 else x >> -exp
+    """Worst-case ``(min, max)`` over neurons and inputs of layer ``index``'s ``weight @ s``
+    (``FixedPointLayer.accumulation_range``)."""
+    return network.layers[index].accumulation_range
 
 
 def dense_output_bounds(network: FixedPointNetwork, index: int) -> tuple[int, int]:
-    """Worst-case ``(min, max)`` of layer ``index``'s Dense output ``a_out``."""
-    lo, hi = accumulation_bounds(network, index)
-    exp = int(network.layers[index].weight_exp)
-    return _shift(lo, exp), _shift(hi, exp)
+    """Worst-case ``(min, max)`` of layer ``index``'s Dense output ``a_out``
+    (``FixedPointLayer.dense_output_range``)."""
+    return network.layers[index].dense_output_range
 
 
 def _arith_layers(network: FixedPointNetwork):
@@ -447,7 +427,8 @@ def u_input_no_wrap(network: FixedPointNetwork, target: Loihi2Target = LOIHI2) -
 
 
 def u_worst_case_no_wrap(network: FixedPointNetwork, target: Loihi2Target = LOIHI2) -> list[Violation]:
-    """Under the worst-case input held every step, ``|u| <= A * 4096 / (du + 1)`` stays in range.
+    """Under the worst-case input held every step, ``|u| <= A * 4096 / (du + 1)``
+    (``FixedPointLayer.u_sustained_bound``) stays where Lava's wrap cannot act (below ``2**23``).
 
     A warning: reaching it needs every input at its worst every step for about
     ``4096 / (du + 1)`` steps.
@@ -456,13 +437,10 @@ def u_worst_case_no_wrap(network: FixedPointNetwork, target: Loihi2Target = LOIH
     for i, layer in _arith_layers(network):
         if not isinstance(layer.du, (int, np.integer)) or not 0 <= layer.du <= C.DECAY_MAX:
             continue
-        lo, hi = dense_output_bounds(network, i)
-        a = max(abs(lo), abs(hi)) << C.ACT_SHIFT
-        bound = a * C.DECAY_UNITY // (int(layer.du) + C.DS_OFFSET)
-        if bound > C.UV_MAX_VAL:
+        if layer.u_can_wrap:
             out.append(_violation(
-                "u_worst_case_no_wrap", layer.name, "worst-case sustained |u| bound", bound,
-                C.UV_MAX_VAL, ">",
+                "u_worst_case_no_wrap", layer.name, "worst-case sustained |u| bound",
+                layer.u_sustained_bound, C.UV_MAX_VAL - 1, ">",
                 f"u can wrap if inputs stay at their worst for ~{C.DECAY_UNITY // (int(layer.du) + 1)} "
                 f"steps (du={int(layer.du)})", severity=WARNING))
     return out
