@@ -22,7 +22,8 @@ Two halves:
    same Lava float model (``AbstractPyLifModelFloat``: its ``subthr_dynamics``, ``reset_voltage``,
    ``run_spk``) with ``du``, ``dv``, ``vth`` as per-neuron vectors.
 
-2. :class:`LavaFloatRunner`: builds the processes for a batch and runs them.
+2. :class:`LavaFloatRunner`: builds the processes for a batch and runs them (Lava loaded, the
+   runtime started and stopped by ``sim/lava_runtime.py``; ``VecLIF`` is in ``sim/lava_procs.py``).
 
 Time alignment. Lava's ``Sparse``/``Dense`` deliver a step late: a neuron at depth ``d`` computes
 reference step ``t`` at Lava step ``t + d``. Each connection is one Lava step; the steps the graph
@@ -51,12 +52,7 @@ RLeaky networks (145,920 spike values) nor on the benchmark graph (B = 64, T = 1
 """
 from __future__ import annotations
 
-import functools
-import os
-import signal
-import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +62,7 @@ import torch
 
 from stft_neuro.converters import conventions
 from stft_neuro.converters.nir_graph import Graph, NIRGraphError
-from stft_neuro.sim.lava_runner import force_stop
+from stft_neuro.sim import lava_runtime
 
 NEURONS = ("LIF", "CubaLIF", "IF")
 
@@ -352,92 +348,12 @@ def to_float_layers(plan: LavaPlan) -> list:
 
 
 # ------------------------------------------------------------------------------------------------
-# Lava
-
-_LAVA: dict[str, Any] = {}
-
-
-def _lava() -> dict[str, Any]:
-    """Import Lava once, define ``VecLIF`` and its float model (module-level names, so that Lava's
-    forked process models find them)."""
-    if _LAVA:
-        return _LAVA
-    try:
-        from lava.magma.core.decorator import implements, requires, tag
-        from lava.magma.core.model.py.ports import PyOutPort
-        from lava.magma.core.model.py.type import LavaPyType
-        from lava.magma.core.process.ports.ports import InPort, OutPort
-        from lava.magma.core.process.process import AbstractProcess
-        from lava.magma.core.process.variable import Var
-        from lava.magma.core.resources import CPU
-        from lava.magma.core.run_conditions import RunSteps
-        from lava.magma.core.run_configs import Loihi2SimCfg
-        from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
-        from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
-        from lava.proc.io.injector import Injector, PyLoihiInjectorModel
-        from lava.proc.lif.models import AbstractPyLifModelFloat
-        from lava.proc.sparse.process import Sparse
-    except Exception as exc:  # ImportError, or the Python 3.11 dataclass error of an unmended Lava
-        raise LavaMappingError("the lava backend needs lava-nc 0.10.0 mended for Python 3.11 "
-                               f"(see README, tools/mend_lava.py); importing it failed: {exc!r}"
-                               ) from None
-
-    class VecLIF(AbstractProcess):
-        """Lava's LIF with per-neuron ``du``, ``dv`` and ``vth`` (float model only)."""
-
-        def __init__(self, *, shape: tuple[int, ...], du: np.ndarray, dv: np.ndarray,
-                     vth: np.ndarray, bias_mant: np.ndarray, name: str | None = None) -> None:
-            super().__init__(shape=shape, name=name)
-            self.a_in = InPort(shape=shape)
-            self.s_out = OutPort(shape=shape)
-            self.u = Var(shape=shape, init=0.0)
-            self.v = Var(shape=shape, init=0.0)
-            self.du = Var(shape=shape, init=du)
-            self.dv = Var(shape=shape, init=dv)
-            self.vth = Var(shape=shape, init=vth)
-            self.bias_mant = Var(shape=shape, init=bias_mant)
-            self.bias_exp = Var(shape=shape, init=0.0)
-
-    class PyVecLifModelFloat(AbstractPyLifModelFloat):
-        """Lava's ``AbstractPyLifModelFloat`` dynamics; ``du``, ``dv``, ``vth`` are vectors."""
-
-        s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-        du: np.ndarray = LavaPyType(np.ndarray, float)
-        dv: np.ndarray = LavaPyType(np.ndarray, float)
-        vth: np.ndarray = LavaPyType(np.ndarray, float)
-
-        def spiking_activation(self) -> np.ndarray:
-            return self.v > self.vth
-
-    tag("floating_pt")(requires(CPU)(implements(proc=VecLIF, protocol=LoihiProtocol)(
-        PyVecLifModelFloat)))
-    for cls in (VecLIF, PyVecLifModelFloat):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-        globals()[cls.__name__] = cls
-    _LAVA.update(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Sparse=Sparse, VecLIF=VecLIF,
-                 PyVecLifModelFloat=PyVecLifModelFloat, Injector=Injector,
-                 PyLoihiInjectorModel=PyLoihiInjectorModel, Extractor=Extractor,
-                 PyLoihiExtractorModel=PyLoihiExtractorModel)
-    return _LAVA
+# Lava (loaded, started and stopped by stft_neuro.sim.lava_runtime)
 
 
 def lava_available() -> bool:
-    try:
-        _lava()
-    except LavaMappingError:
-        return False
-    return True
-
-
-@dataclass
-class LavaTiming:
-    """Wall-clock seconds of the last run: building + compiling + starting, the step loop, stopping."""
-
-    build_s: float = 0.0
-    steps_s: float = 0.0
-    teardown_s: float = 0.0
-    lava_steps: int = 0
+    """Whether Lava imports (:func:`stft_neuro.sim.lava_runtime.lava_available`)."""
+    return lava_runtime.lava_available()
 
 
 @dataclass
@@ -445,89 +361,76 @@ class LavaFloatRunner:
     """Run a :class:`LavaPlan` on Lava ``floating_pt``, one network per batch (see module doc).
 
     ``run(x)`` with ``x`` ``(B, T, *in_shape)`` returns ``{output: (B, T, *shape)}`` aligned to input
-    time (``record=True``: every stage's spikes, keyed by node name)."""
+    time (``record=True``: every stage's spikes, keyed by node name). ``timing``: the last run's
+    :class:`~stft_neuro.sim.lava_runtime.LavaTiming` (``steps`` counts Lava steps, input steps
+    plus the ``max_depth`` zero steps). The runtime is started and stopped by
+    :class:`~stft_neuro.sim.lava_runtime.LavaRuntime` (drained on success and ordinary errors,
+    terminated after Ctrl-C / SIGTERM or a failed process model; nothing left behind)."""
 
     plan: LavaPlan
-    timing: LavaTiming = field(default_factory=LavaTiming)
+    timing: lava_runtime.LavaTiming = field(default_factory=lava_runtime.LavaTiming)
 
     def run(self, x: np.ndarray, record: bool = False) -> dict[str, np.ndarray]:
-        lv = _lava()
+        try:
+            lv = lava_runtime.load()
+        except lava_runtime.LavaUnavailableError as exc:
+            raise LavaMappingError(f"the lava backend: {exc}") from None
         plan = self.plan
         x = np.asarray(x, dtype=np.float64)
         B, T = int(x.shape[0]), int(x.shape[1])
         n_in = int(np.prod(plan.in_shape))
         xs = x.reshape(B, T, n_in)
         S = T + plan.max_depth
+        self.timing = timing = lava_runtime.LavaTiming()
         t0 = time.perf_counter()
         names = [s.name for s in plan.stages]
         watch = names if record else sorted(set(plan.outputs.values()), key=names.index)
 
-        inj = lv["Injector"](shape=(B * n_in,))
+        inj = lv.Injector(shape=(B * n_in,))
         lifs = {}
         for st in plan.stages:
-            lifs[st.name] = lv["VecLIF"](shape=(B * st.n,), du=np.tile(st.du, B),
-                                         dv=np.tile(st.dv, B), vth=np.tile(st.vth, B),
-                                         bias_mant=np.tile(st.bias_mant, B), name=st.name)
+            lifs[st.name] = lv.VecLIF(shape=(B * st.n,), du=np.tile(st.du, B),
+                                      dv=np.tile(st.dv, B), vth=np.tile(st.vth, B),
+                                      bias_mant=np.tile(st.bias_mant, B), name=st.name)
         for c in plan.connections:
             w = sp.block_diag([c.weight] * B, format="csr")
             from_input = c.src == plan.input
-            conn = lv["Sparse"](weights=w, num_message_bits=24 if from_input else 0)
+            conn = lv.Sparse(weights=w, num_message_bits=24 if from_input else 0)
             (inj.out_port if from_input else lifs[c.src].s_out).connect(conn.s_in)
             conn.a_out.connect(lifs[c.dst].a_in)
         biased = [st for st in plan.stages if st.needs_injector]
         offsets = np.cumsum([0] + [st.n for st in biased])
-        bias_inj = None
+        injectors = [inj]
         if biased:
-            bias_inj = lv["Injector"](shape=(int(offsets[-1]),))
+            bias_inj = lv.Injector(shape=(int(offsets[-1]),))
             for st, off in zip(biased, offsets):
                 sel = sp.csr_matrix((np.ones(st.n), (np.arange(st.n), off + np.arange(st.n))),
                                     shape=(st.n, int(offsets[-1])))
-                conn = lv["Sparse"](weights=sp.vstack([sel] * B, format="csr"), num_message_bits=24)
+                conn = lv.Sparse(weights=sp.vstack([sel] * B, format="csr"), num_message_bits=24)
                 bias_inj.out_port.connect(conn.s_in)
                 conn.a_out.connect(lifs[st.name].a_in)
-        exts = {n: lv["Extractor"](shape=(B * plan.stage(n).n,)) for n in watch}
-        for n, e in exts.items():
+            injectors.append(bias_inj)
+        exts = [lv.Extractor(shape=(B * plan.stage(n).n,)) for n in watch]
+        for n, e in zip(watch, exts):
             lifs[n].s_out.connect(e.in_port)
-        cfg = lv["Loihi2SimCfg"](select_tag="floating_pt", exception_proc_model_map={
-            lv["Injector"]: lv["PyLoihiInjectorModel"], lv["Extractor"]: lv["PyLoihiExtractorModel"],
-            lv["VecLIF"]: lv["PyVecLifModelFloat"]})
+        cfg = lv.Loihi2SimCfg(select_tag="floating_pt", exception_proc_model_map={
+            lv.Injector: lv.PyLoihiInjectorModel, lv.Extractor: lv.PyLoihiExtractorModel,
+            lv.VecLIF: lv.PyVecLifModelFloat})
         raw = {n: np.zeros((S, B * plan.stage(n).n), dtype=np.float32) for n in watch}
-        io = {"sent": 0, "bias_sent": 0, "received": {n: 0 for n in watch}}
-        anchor = lifs[names[0]]
-        t1 = t2 = time.perf_counter()
-        old_term = None
-        interrupted = False
-        try:
-            # SIGTERM -> KeyboardInterrupt in this process, so that `finally` stops the runtime on
-            # a kill too; Lava's forked process models keep the default action (_on_sigterm)
-            if threading.current_thread() is threading.main_thread():
-                old_term = signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, os.getpid()))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
-                anchor.run(condition=lv["RunSteps"](num_steps=S, blocking=False), run_cfg=cfg)
+        zeros = np.zeros(B * n_in)
+        with lava_runtime.LavaRuntime(lifs[names[0]], cfg, injectors, exts, timing=timing) as rt:
+            rt.run_steps(S)
             t1 = time.perf_counter()
-            zeros = np.zeros(B * n_in)
+            timing.build_s = t1 - t0  # processes, compile, start (the runtime's own figure + Python)
             for s in range(S):
-                inj.send(xs[:, s].reshape(-1) if s < T else zeros)
-                io["sent"] += 1
-                if bias_inj is not None:
-                    bias_inj.send(self._bias_step(biased, s))
-                    io["bias_sent"] += 1
-                for n, e in exts.items():
-                    raw[n][s] = e.receive()
-                    io["received"][n] += 1
-            t2 = time.perf_counter()
-            anchor.wait()
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            try:
-                _shutdown(anchor, inj, bias_inj, exts, S, io, interrupted)
-            finally:
-                if old_term is not None:
-                    signal.signal(signal.SIGTERM, old_term)
-        self.timing = LavaTiming(t1 - t0, t2 - t1, time.perf_counter() - t2, S)
+                inputs = [xs[:, s].reshape(-1) if s < T else zeros]
+                if biased:
+                    inputs.append(self._bias_step(biased, s))
+                for n, out in zip(watch, rt.step(inputs)):
+                    raw[n][s] = out
+            timing.steps_s += time.perf_counter() - t1
+            timing.steps += S
+            timing.sample_steps += B * T
         result = {}
         for n in watch:
             st = plan.stage(n)
@@ -541,43 +444,3 @@ class LavaFloatRunner:
         """What the bias injector sends at Lava step ``s`` (it arrives at ``s + 1``, the stage's
         reference step ``s + 1 - depth``)."""
         return np.concatenate([st.injected(s + 1 - st.depth) for st in biased])
-
-
-def _on_sigterm(owner: int, signum: int, frame: Any) -> None:
-    """SIGTERM: KeyboardInterrupt in the process that started the run, the default action (exit)
-    in the process models Lava forked from it."""
-    if os.getpid() != owner:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _shutdown(proc: Any, inj: Any, bias_inj: Any, exts: dict, steps: int, io: dict,
-              interrupted: bool = False) -> None:
-    """Stop the runtime if one was started.
-
-    After an ordinary exception (raised between Lava calls, so the I/O counters are exact) the run
-    is fed zeros for its remaining steps and its outputs drained, so that no process model stays
-    blocked, then stopped normally. After an interruption (KeyboardInterrupt, SIGTERM) that may have
-    hit inside a send or receive, draining can block for ever: the process models are terminated
-    instead, and Lava's shared memory manager is shut down (no process, no shared memory left)."""
-    runtime = getattr(proc, "runtime", None)
-    if runtime is None:
-        return
-    if interrupted:
-        force_stop(runtime)
-        return
-    try:
-        if getattr(runtime, "_is_running", False):
-            for _ in range(steps - io["sent"]):
-                inj.send(np.zeros(inj.out_port.shape))
-            if bias_inj is not None:
-                for _ in range(steps - io["bias_sent"]):
-                    bias_inj.send(np.zeros(bias_inj.out_port.shape))
-            for n, e in exts.items():
-                for _ in range(steps - io["received"][n]):
-                    e.receive()
-            proc.wait()
-    finally:
-        proc.stop()

@@ -43,7 +43,7 @@ def lava_smoke(steps: int = 4) -> dict:
 
     from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork
     from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
-    from stft_neuro.sim.lava_runner import LavaRunner
+    from stft_neuro.sim.lava_session import LavaSession
     from stft_neuro.sim.reference import ReferenceSimulator
 
     rng = np.random.default_rng(0)
@@ -53,7 +53,8 @@ def lava_smoke(steps: int = 4) -> dict:
     plan = DeploymentPlan.of_network(FixedPointNetwork(layers=(layer,)), steps)
     x = torch.as_tensor(rng.integers(0, 100, size=(steps, 1, 3)), dtype=torch.float32)
     t0 = time.perf_counter()
-    lava_spikes, _ = LavaRunner(plan).run(x)
+    with LavaSession(plan, 1) as lava:
+        lava_spikes, _ = lava.run(x)
     seconds = time.perf_counter() - t0
     ref_spikes, _ = ReferenceSimulator(plan).run(x)
     same = all(torch.equal(a.cpu().float(), b.cpu().float()) for a, b in zip(lava_spikes, ref_spikes))

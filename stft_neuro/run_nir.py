@@ -250,11 +250,15 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
         from stft_neuro.sim.reference import ReferenceSimulator
         spikes, _ = ReferenceSimulator(plan).run(xin.contiguous())
     elif backend == "lava":
-        from stft_neuro.sim.lava_runner import LavaRunner
-        runner = LavaRunner(plan, read_state=False)
-        spikes, _ = runner.run(xin.contiguous())
-        info["lava"] = {"build_s": runner.timing.build_s, "steps_s": runner.timing.steps_s,
-                        "networks": runner.timing.samples}
+        from stft_neuro.sim.lava_runtime import LavaUnavailableError
+        from stft_neuro.sim.lava_session import LavaSession
+        try:
+            with LavaSession(plan, B) as session:
+                spikes, _ = session.run(xin.contiguous())
+        except LavaUnavailableError as exc:
+            raise UserError(f"--backend lava: {exc}") from None
+        info["lava"] = {"build_s": session.timing.build_s, "steps_s": session.timing.steps_s,
+                        "networks": session.timing.builds}
     else:
         from stft_neuro.hw_targets.loihi2 import arithmetic as A
         spikes, _ = A.chip_run(xin.to(torch.float64), None, None, A.network_arith(plan.network))

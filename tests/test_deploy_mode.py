@@ -23,7 +23,6 @@ from stft_neuro.hw_targets.loihi2 import quantize as Q
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.hw_targets.loihi2.weights import weight_range, weight_sign_mode
 from stft_neuro.model.host import SpikingBranch
-from stft_neuro.sim.lava_runner import LavaRunner
 from stft_neuro.sim.reference import ReferenceSimulator
 
 
@@ -182,44 +181,70 @@ def test_regression_host_converts_with_the_backends_plan():
 
 
 def _bad_inputs(plan: DeploymentPlan, B: int = 2):
-    """(what, x_t, theta_t) cases that every backend must refuse with the same message."""
+    """(what, x_t, theta_t, pieces): bad inputs, and what a refusal must name, from the case itself
+    (the port, the offending value, its index, the layer): an oracle independent of the one
+    checking function that every backend calls."""
     x = torch.zeros(B, plan.n_in)
     th = torch.zeros(B, plan.num_layers)
     lo, hi = plan.theta_range[0]
-    cases = [("payload 200 on an 8-bit port", x.clone().index_fill_(1, torch.tensor([5]), 200.0), th),
-             ("payload 0.5", x.clone().index_fill_(1, torch.tensor([3]), 0.5), th),
-             ("payload NaN", x.clone().index_fill_(1, torch.tensor([1]), float("nan")), th),
-             ("payload too narrow", torch.zeros(B, plan.n_in - 1), th),
-             ("theta above the 17-bit threshold", x, th.clone().index_fill_(1, torch.tensor([0]), hi + 1.0)),
-             ("theta below zero threshold", x, th.clone().index_fill_(1, torch.tensor([0]), lo - 1.0)),
-             ("theta 0.25", x, th.clone().index_fill_(1, torch.tensor([0]), 0.25)),
-             ("theta inf", x, th.clone().index_fill_(1, torch.tensor([0]), float("inf"))),
-             ("theta of the wrong width", x, torch.zeros(B, plan.num_layers + 1))]
+    layer0 = plan.network.layers[0].name
+    cases = [("payload 200 on an 8-bit port", x.clone().index_fill_(1, torch.tensor([5]), 200.0), th,
+              ("payload", "200", "(0, 5)")),
+             ("payload 0.5", x.clone().index_fill_(1, torch.tensor([3]), 0.5), th,
+              ("payload", "integer", "0.5", "(0, 3)")),
+             ("payload NaN", x.clone().index_fill_(1, torch.tensor([1]), float("nan")), th,
+              ("payload", "NaN", "(0, 1)")),
+             ("payload too narrow", torch.zeros(B, plan.n_in - 1), th,
+              ("payload", f"({B}, {plan.n_in - 1})")),
+             ("theta above the 17-bit threshold", x, th.clone().index_fill_(1, torch.tensor([0]), hi + 1.0),
+              ("theta", f"layer 0 ({layer0})", str(int(hi) + 1), "(0, 0)")),
+             ("theta below zero threshold", x, th.clone().index_fill_(1, torch.tensor([0]), lo - 1.0),
+              ("theta", f"layer 0 ({layer0})", str(int(lo) - 1), "(0, 0)")),
+             ("theta 0.25", x, th.clone().index_fill_(1, torch.tensor([0]), 0.25),
+              ("theta", "integer", "0.25", "(0, 0)")),
+             ("theta inf", x, th.clone().index_fill_(1, torch.tensor([0]), float("inf")),
+              ("theta", "inf", "(0, 0)")),
+             ("theta of the wrong width", x, torch.zeros(B, plan.num_layers + 1),
+              ("theta", f"({B}, {plan.num_layers + 1})"))]
     return cases
 
 
-def test_regression_backends_validate_the_same_way():
+def _backend(name: str, branch: SpikingBranch, plan: DeploymentPlan):
+    if name == "torch deploy":
+        return branch.chip
+    if name == "reference":
+        return ReferenceSimulator(plan)
+    from stft_neuro.sim.lava_session import LavaSession
+    return LavaSession(plan, 2)
+
+
+@pytest.mark.parametrize("name", ["torch deploy", "reference",
+                                  pytest.param("lava", marks=pytest.mark.lava)])
+def test_regression_backends_validate_the_same_way(name):
     """Finding 3 of issue 7: the reference simulator cast payloads to int8 unchecked (200 wrapped,
-    0.5 became 0) and nobody checked theta. Now the torch chip, the reference simulator and the Lava
-    runner refuse the same inputs with the same message, before anything runs."""
+    0.5 became 0) and nobody checked theta. Now every backend (torch chip, reference simulator,
+    Lava session) refuses each bad input with one line that names the port, the offending value
+    and where it is; and the good input passes (the checks are not vacuous)."""
     branch, _ = make_branch(1)
     plan, _ = branch.deployment_plan()
-    backends = {"torch deploy": branch.chip, "reference": ReferenceSimulator(plan),
-                "lava": LavaRunner(plan)}
-    for what, x_t, th_t in _bad_inputs(plan):
-        messages = {}
-        for name, backend in backends.items():
+    backend = _backend(name, branch, plan)
+    try:
+        for what, x_t, th_t, pieces in _bad_inputs(plan):
             state = backend.reset(x_t.shape[0])
             with pytest.raises(ChipInputError) as info:
                 backend.step(x_t, th_t, state)
-            messages[name] = str(info.value)
-        assert len(set(messages.values())) == 1, f"{what}: {messages}"
-        assert "\n" not in messages["reference"]
-    # and the good input passes everywhere (the checks are not vacuous)
-    x_ok = torch.full((2, plan.n_in), float(plan.payload_range[1]))
-    th_ok = torch.tensor([[float(r[1]) for r in plan.theta_range]] * 2)
-    for backend in (branch.chip, ReferenceSimulator(plan)):
-        backend.step(x_ok, th_ok, backend.reset(2))
+            msg = str(info.value)
+            assert "\n" not in msg, f"{name}, {what}: {msg!r}"
+            assert msg.startswith(pieces[0] + ":"), f"{name}, {what}: {msg!r}"
+            for piece in pieces[1:]:
+                assert piece in msg, f"{name}, {what}: {piece!r} not in {msg!r}"
+        x_ok = torch.full((2, plan.n_in), float(plan.payload_range[1]))
+        th_ok = torch.tensor([[float(r[1]) for r in plan.theta_range]] * 2)
+        spikes, _ = backend.step(x_ok, th_ok, backend.reset(2))
+        assert [tuple(s.shape) for s in spikes] == [(2, n) for n in plan.network.sizes[1:]]
+    finally:
+        if name == "lava":
+            backend.close()
 
 
 def test_deploy_mode_spikes_and_learns():
@@ -259,7 +284,9 @@ def test_deploy_mode_equals_lava_closed_loop():
     a, v, n = a[:1], v[:1], n[:1]
     with torch.no_grad():
         _, rec = branch(a, v, n)
-        _, rec_lava = branch(a, v, n, backend=LavaRunner(branch.deployment_plan()[0]))
+        from stft_neuro.sim.lava_session import LavaSession
+        with LavaSession(branch.deployment_plan()[0], 1) as lava:
+            _, rec_lava = branch(a, v, n, backend=lava)
     assert sum(float(s.sum()) for s in rec.spikes) > 0
     assert_same_spikes(rec.spikes, rec_lava.spikes)
     assert torch.equal(rec.theta, rec_lava.theta)

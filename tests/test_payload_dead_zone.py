@@ -209,7 +209,7 @@ def test_lava_session_closed_loop_equals_reference_with_a_dead_zone_at_full_size
 @pytest.mark.parametrize("k", [0, 96])
 @LAVA
 @given(seed=st.integers(0, 10 ** 6))
-def test_lava_runner_equals_reference_with_dead_zoned_payloads(seed, k):
+def test_lava_session_equals_reference_with_dead_zoned_payloads(seed, k):
     """Random payloads over the whole range: k = 0 drops none, k = 96 drops most (|q| <= 96 of a
     uniform 8-bit range: about 75 %); every layer must still spike."""
     from test_lava_equivalence import compare, observe
@@ -226,7 +226,7 @@ def test_lava_runner_equals_reference_with_dead_zoned_payloads(seed, k):
     else:
         assert 0.5 * nonzero < dropped < nonzero
     assert {"spikes_l0", "spikes_l1", "spikes_l2"} <= observe(plan, x, th)
-    compare(plan, x, th)  # Lava fixed_pt (lava_runner.LavaRunner) == reference, spikes and states
+    compare(plan, x, th)  # Lava fixed_pt (LavaSession, B = 2) == reference, spikes and states
 
 
 # ---------------------------------------------------------------------------------- report, NIR

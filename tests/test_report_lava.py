@@ -18,14 +18,17 @@ from test_reference_sim import plan_of, random_inputs, random_network  # noqa: E
 
 @pytest.mark.lava
 def test_lava_counts_equal_reference_counts(tmp_path):
-    from stft_neuro.sim.lava_runner import LavaRunner
+    from stft_neuro.sim.lava_session import LavaSession
     net = random_network(3)
     plan = plan_of(net, 8)
     x, th = random_inputs(net, 3, 8, 2)
     counts = []
-    for name, backend in (("reference", ReferenceSimulator(plan)),
-                          ("lava", LavaRunner(plan, read_state=False))):
-        spikes, _ = backend.run(x, th)
+    for name in ("reference", "lava"):
+        if name == "lava":
+            with LavaSession(plan, int(x.shape[1])) as lava:
+                spikes, _ = lava.run(x, th)
+        else:
+            spikes, _ = ReferenceSimulator(plan).run(x, th)
         run = write_run_folder(tmp_path / name, plan,
                                [s.transpose(0, 1).numpy() for s in spikes],
                                x.transpose(0, 1).numpy(), th.transpose(0, 1).numpy(),
