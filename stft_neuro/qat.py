@@ -2,7 +2,8 @@
 integer arithmetic exactly (deploy mode), with the host sending integer payloads and thresholds.
 
 Protocol: load the float run (its stage-2 model and the calibration b chosen on stage-1
-validation), calibrate the input payload scale on ``stage_2_train``, measure the test metrics in
+validation), take the input payload scale of the float run's stored plan (``run_plan.py``:
+calibrated once on ``stage_2_train``, on CPU), measure the test metrics in
 float and right after quantization (post-training quantization, PTQ), fine-tune in deploy mode on
 ``stage_2_train`` for ``train.epochs`` epochs (straight-through estimators + surrogate gradients),
 and test again with the same b. The run folder records all three and the quantization report.
@@ -29,20 +30,10 @@ from stft_neuro.data.benchmark import Benchmark, Split
 from stft_neuro.errors import CheckpointError
 from stft_neuro.model.stft import STFT
 from stft_neuro.distributed import LOCAL, DataParallel
-from stft_neuro.train import (epoch_seed, evaluate_split_pair, loss_step, resolve_device, seed_everything,
-                              EnergyBudget, train_epoch)
-
-CALIBRATION_SAMPLES = 512
-
-
-def calibrate(model: STFT, split: Split, device: torch.device, n: int = CALIBRATION_SAMPLES) -> float:
-    """Set the spiking branch's input payload scale from the first ``n`` samples of ``split``."""
-    if model.spiking is None:
-        raise CheckpointError("this run has no spiking branch (spiking.enabled=false): nothing to quantize")
-    idx = np.arange(min(n, len(split.labels)))
-    return model.spiking.calibrate_input(torch.as_tensor(split.audio[idx], device=device),
-                                         torch.as_tensor(split.visual[idx], device=device),
-                                         torch.as_tensor(split.lengths[idx], device=device))
+# calibrate, CALIBRATION_SAMPLES: re-exported (the calibration lives with the run's stored plan)
+from stft_neuro.run_plan import CALIBRATION_SAMPLES, calibrate, run_plan  # noqa: F401
+from stft_neuro.train import (epoch_seed, evaluate_split_pair, loss_step, parameter_groups, resolve_device,
+                              seed_everything, EnergyBudget, train_epoch)
 
 
 def quantization_summary(model: STFT) -> dict:
@@ -82,25 +73,27 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
     ``dp``: this process's place in a data-parallel run (every rank calls this; rank 0 writes).
     History rows carry ``batch_losses``, the total loss of every global batch."""
     model, cfg, meta = load_float_run(float_run, overrides)
+    bench = bench or load_benchmark(cfg.data)
+    split = bench.splits["stage_2_train"]
+    # the float run's stored plan (derived once on CPU if the run has none): QAT starts from its
+    # input scale, the one every other consumer of the float run uses
+    run_plan(float_run, model, meta, lambda: split)
     if model.spiking is not None:  # the quantizer target of the plans QAT trains for
         model.spiking.chip.netx_compatible = cfg.spiking.netx_compatible
         model.spiking.chip.payload_dead_zone = cfg.spiking.payload_dead_zone
     device = dp.device if dp.active else resolve_device(cfg.train.device)
-    bench = bench or load_benchmark(cfg.data)
     model = model.to(device)
     bias = float(meta["progress"]["best_bias"])
-    split = bench.splits["stage_2_train"]
 
     def test() -> dict:  # sharded over the ranks; rank 0's metrics on every rank
         return evaluate_split_pair(model, bench, 2, device, bias, dp=dp).to_dict()
 
     results = {"from": str(float_run), "bias": bias, "float": test()}
-    calibrate(model, split, device)
     model.spiking.set_deploy(True)
     results["ptq"] = test()
 
     seed_everything(cfg.train.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.Adam(parameter_groups(model, cfg), lr=cfg.train.lr)
     w2v = torch.as_tensor(bench.class_embeddings, device=device)
     train_classes = torch.as_tensor(np.unique(split.labels), device=device)
     history = []

@@ -224,6 +224,24 @@ def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: tor
     return {k: v / max(batches, 1) for k, v in totals.items()}
 
 
+def parameter_groups(model: STFT, cfg: Config) -> list[dict]:
+    """Adam's parameter groups: the host's parameters at ``train.weight_decay``, the spiking
+    branch's (``model.spiking`` and the readout's ``skip_spiking``) at ``train.spiking_weight_decay``
+    (why they differ: ``TrainConfig``). One group when the two are equal (the optimizer state of
+    runs written before the split then resumes as it was)."""
+    if cfg.train.spiking_weight_decay == cfg.train.weight_decay:
+        return [{"params": list(model.parameters()), "weight_decay": cfg.train.weight_decay}]
+    spiking_ids = set()
+    for part in (model.spiking, model.skip_spiking):
+        if part is not None:
+            spiking_ids.update(id(p) for p in part.parameters())
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if id(p) not in spiking_ids], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in params if id(p) in spiking_ids],
+               "weight_decay": cfg.train.spiking_weight_decay}]
+    return [g for g in groups if g["params"]]  # without a spiking branch: one group
+
+
 class Trainer:
     """Runs both AVCA stages into a run folder; ``progress`` callbacks feed the CLI's bar.
 
@@ -304,8 +322,7 @@ class Trainer:
     def _fresh(self, stage: int):
         seed_everything(self.cfg.train.seed)
         model = make_model(self.cfg, self.bench).to(self.device)
-        opt = torch.optim.Adam(model.parameters(), lr=self.cfg.train.lr,
-                               weight_decay=self.cfg.train.weight_decay)
+        opt = torch.optim.Adam(parameter_groups(model, self.cfg), lr=self.cfg.train.lr)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", patience=self.cfg.train.plateau_patience) if stage == 1 else None
         return model, opt, sched

@@ -73,3 +73,61 @@ def test_older_runs_load_with_the_mlp_projection(tmp_path) -> None:
     assert cfg.fusion.text_projection == "mlp" and not isinstance(after.text_proj, nn.Linear)
     w = torch.randn(3, 300, generator=torch.Generator().manual_seed(1))
     assert torch.equal(before.eval().embed_classes(w), after.eval().embed_classes(w))
+
+
+def test_transformer_dropout_predicts_some_samples_from_the_spiking_branch_alone() -> None:
+    """fusion.transformer_dropout zeroes r for whole samples in training only: a dropped sample's
+    joint embedding is the readout of (0, s); evaluation never drops."""
+    cfg = config_mod.load(overrides=[*SMALL, "fusion.transformer_dropout=0.5", "fusion.skip=both"])
+    torch.manual_seed(0)
+    model = STFT(cfg, 6, 7)
+    a, v, n = _batch()
+    seen = {}
+    model.transformer.register_forward_hook(lambda m, i, o: seen.__setitem__("r", o))
+    model.spiking.register_forward_hook(lambda m, i, o: seen.__setitem__("s", o[0]))
+    model.train()
+    model.fusion.eval()  # its own dropout off, so the readout below is deterministic
+    model.fusion_norm.eval()
+    torch.manual_seed(3)
+    joint = model(a, v, n)["joint"]
+    r, s = seen["r"], seen["s"]
+    with torch.no_grad():
+        kept, dropped = model.joint_from(r, s), model.joint_from(torch.zeros_like(r), s)
+    is_dropped = torch.isclose(joint, dropped, atol=1e-6).all(-1)
+    is_kept = torch.isclose(joint, kept, atol=1e-6).all(-1)
+    assert bool((is_dropped ^ is_kept).all())          # every sample is one or the other
+    assert 0 < int(is_dropped.sum()) < 5                # and with p = 0.5 on 5 samples, both occur
+    model.eval()
+    torch.testing.assert_close(model(a, v, n)["joint"], model.joint_from(*_parts(model, a, v, n)))
+
+
+def _parts(model: STFT, a, v, n):
+    from stft_neuro.model.host import valid_mask
+    return model.transformer(a, v, valid_mask(n, a.shape[1])), model.spiking(a, v, n)[0]
+
+
+def test_spiking_weight_decay_has_its_own_parameter_group() -> None:
+    """train.spiking_weight_decay applies to the spiking branch and the readout's skip_spiking only;
+    equal decays keep the single group of runs written before the split."""
+    from stft_neuro.train import parameter_groups
+    cfg = config_mod.load(overrides=[*SMALL, "fusion.skip=both", "train.weight_decay=1e-3",
+                                     "train.spiking_weight_decay=0"])
+    model = STFT(cfg, 6, 7)
+    host, spiking = parameter_groups(model, cfg)
+    assert (host["weight_decay"], spiking["weight_decay"]) == (1e-3, 0.0)
+    expected = {id(p) for p in (*model.spiking.parameters(), *model.skip_spiking.parameters())}
+    assert {id(p) for p in spiking["params"]} == expected
+    assert len(host["params"]) + len(spiking["params"]) == len(list(model.parameters()))
+    same = config_mod.load(overrides=[*SMALL, "train.weight_decay=1e-3", "train.spiking_weight_decay=1e-3"])
+    assert len(parameter_groups(STFT(same, 6, 7), same)) == 1
+    with pytest.raises(ConfigError, match="spiking_weight_decay must be >= 0"):
+        config_mod.load(overrides=["train.spiking_weight_decay=-2"])
+    with pytest.raises(ConfigError, match="transformer_dropout must be in"):
+        config_mod.load(overrides=["fusion.transformer_dropout=1"])
+
+
+def test_runs_before_the_split_decay_the_spiking_branch_like_the_host() -> None:
+    raw = config_mod.load(overrides=["data.sizes=real", "train.weight_decay=1e-5"]).to_dict()
+    del raw["train"]["spiking_weight_decay"], raw["fusion"]["transformer_dropout"]
+    cfg = config_mod.from_run_dict(raw)
+    assert cfg.train.spiking_weight_decay == 1e-5 and cfg.fusion.transformer_dropout == 0.0

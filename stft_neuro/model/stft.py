@@ -96,6 +96,10 @@ class STFT(nn.Module):
                 out["theta"] = record.theta
         else:
             s = r.new_zeros(r.shape[0], 0)
+        p_drop = self.cfg.fusion.transformer_dropout
+        if self.training and p_drop > 0 and self.spiking is not None:
+            keep = (torch.rand(r.shape[0], 1, device=r.device) >= p_drop).to(r.dtype)
+            r = r * keep  # fusion.transformer_dropout: some samples predicted from s alone
         joint = self.joint_from(r, s)  # (B, E)
         _, audio_mean = masked_max_mean(audio, mask)
         _, visual_mean = masked_max_mean(visual, mask)
