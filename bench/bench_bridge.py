@@ -1,33 +1,32 @@
 """The host <-> Lava bridge, measured: one run, side by side, a markdown table on stdout.
 
-    .venv/bin/python bench/bench_bridge.py [--batch 64] [--steps 10] [--seqs 3] [--old-samples 4]
-                                           [--mem-run RUN] [--skip-onnx]
+    .venv/bin/python bench/bench_bridge.py [--batch 64] [--steps 10] [--seqs 3] [--repeats 5]
+                                           [--mem-run RUN] [--skip-onnx] [--json FILE]
 
 All at the STFT's real size (512 -> 256 -> 256 -> 128, 8-bit graded input, a plan from the project's
 quantizer on trained-like Student-t weights, dynamic thresholds), Lava 0.10 ``fixed_pt`` on CPU:
 
-1. **Bridge vs old runner**: :class:`LavaSession` (one network per batch, reset in place, per-step
-   send/receive) vs :class:`LavaRunner` (one network and runtime per sample; given all thetas up
-   front, its best case: in the closed loop it needs one network per *step*) on the same samples.
-   The old runner is measured on ``--old-samples`` of them (its cost is per sample).
-2. **Bridge per-step cost vs Lava with no host I/O**: the same block-diagonal network at the same
-   batch, its payloads and thetas played from ``RingBuffer`` sources inside Lava (no Injector, no
-   Extractor, no host), one blocking ``RunSteps``.
-3. **Reference vs Lava on the same hybrid workload**: ``SpikingBranch.drive`` (torch host: GLP
+1. **Bridge per-step cost vs Lava with no host I/O**: :class:`LavaSession` (one network per batch,
+   reset in place, per-step send/receive through ``sim/lava_runtime.py``) against the same
+   block-diagonal network at the same batch with its payloads and thetas played from
+   ``RingBuffer`` sources inside Lava (no Injector, no Extractor, no host), one blocking
+   ``RunSteps``. The two are measured alternately ``--repeats`` times; the table gives the medians
+   and the median of the per-pair ratios (a shared machine's load drifts between runs).
+2. **Reference vs Lava on the same hybrid workload**: ``SpikingBranch.drive`` (torch host: GLP
    encoding, entropy threshold cues, closed loop) through ``ReferenceSimulator`` and through
    ``LavaSession``, same samples, identical spikes (checked).
-4. **Host latency per step, torch vs onnxruntime**: the threshold-cue step (spikes -> theta, plan
+3. **Host latency per step, torch vs onnxruntime**: the threshold-cue step (spikes -> theta, plan
    conversion included) of a real-size STFT, torch vs its exported ``host_cue.onnx``.
-5. **Peak memory** (``ru_maxrss``) of ``stft-neuro simulate --backend reference`` on the test
+4. **Peak memory** (``ru_maxrss``) of ``stft-neuro simulate --backend reference`` on the test
    splits of ``--mem-run`` (a run folder; >= 1,000 test samples), in a fresh process.
 
-The machine is named (lscpu model name, avx2 / avx512_vnni flags) beside the figures. Each figure
-is one measurement on a shared 2-core machine: expect noise of tens of percent.
+The machine is named (lscpu model name, avx2 / avx512_vnni flags) beside the figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,12 +42,7 @@ from bench_reference import SIZES, bench_plan  # noqa: E402  (the same trained-l
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_name() -> str:
-    """The CPU as ``sim.dense_kernels.cpu_description`` reads it: model, CPUs, the flags that matter."""
-    from stft_neuro.sim.dense_kernels import cpu_description
-    d = cpu_description()
-    have = [f for f in ("avx2", "avx512_vnni") if f in d["flags"]]
-    return f"{d['model']}, {d['logical_cpus']} CPUs, flags: {' '.join(have) or 'neither avx2 nor avx512_vnni'}"
+from stft_neuro.machine import cpu_name  # noqa: E402
 
 
 def workload(plan, T: int, B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,19 +75,8 @@ def bench_bridge(plan, T, B, seqs) -> dict:
     return {"build_s": build, "loop_s": loop, "samples": B * seqs, "steps": T * seqs,
             "samples_per_s": B * seqs / loop, "sample_steps_per_s": B * seqs * T / loop,
             "samples_per_s_incl_build": B * seqs / (loop + build),
-            "step_ms": 1e3 * timing["steps_s"] / timing["steps"],
+            "step_ms": 1e3 * loop / (T * seqs),   # the whole loop: steps, waits, resets
             "reset_ms": 1e3 * timing["reset_s"] / max(1, timing["resets"]), "timing": timing}
-
-
-def bench_old(plan, T, n) -> dict:
-    from stft_neuro.sim.lava_runner import LavaRunner
-    x, th = workload(plan, T, n, 100)
-    r = LavaRunner(plan, read_state=False)
-    t0 = time.perf_counter()
-    r.run(x, th)
-    sec = time.perf_counter() - t0
-    return {"samples": n, "seconds": sec, "samples_per_s": n / sec, "sample_steps_per_s": n * T / sec,
-            "build_s_per_sample": r.timing.build_s / n, "steps_s_per_sample": r.timing.steps_s / n}
 
 
 def bench_no_io(plan, T, B, seqs) -> dict:
@@ -101,8 +84,9 @@ def bench_no_io(plan, T, B, seqs) -> dict:
     from lava.proc.io.source import PySendModelFixed, RingBuffer
 
     from stft_neuro.hw_targets.loihi2.weights import lava_effective_weights
-    from stft_neuro.sim.lava_session import _lava, block_diagonal
-    lv = _lava()
+    from stft_neuro.sim.lava_runtime import load
+    from stft_neuro.sim.lava_session import block_diagonal
+    lv = load()
     steps = T * seqs
     xs, ths = zip(*[workload(plan, T, B, 100 + k) for k in range(seqs)])
     x = torch.cat(xs).numpy().astype(np.int32).reshape(steps, -1).T            # (B*n_in, steps)
@@ -112,9 +96,9 @@ def bench_no_io(plan, T, B, seqs) -> dict:
     L = plan.num_layers
     prev, lifs = src.s_out, []
     for l, layer in enumerate(plan.network.layers):
-        syn = lv["Sparse"](weights=block_diagonal(lava_effective_weights(layer.weight), B),
+        syn = lv.Sparse(weights=block_diagonal(lava_effective_weights(layer.weight), B),
                            weight_exp=int(layer.weight_exp), num_message_bits=int(layer.num_message_bits))
-        lif = lv["BatchThetaLIF"](layer=l, num_layers=L, batch=B, shape=(B * layer.n_out,),
+        lif = lv.BatchThetaLIF(layer=l, num_layers=L, batch=B, shape=(B * layer.n_out,),
                                   du=int(layer.du), dv=int(layer.dv), vth=int(layer.vth),
                                   bias_mant=np.tile(np.asarray(layer.bias_mant), B),
                                   bias_exp=int(layer.bias_exp))
@@ -123,16 +107,16 @@ def bench_no_io(plan, T, B, seqs) -> dict:
         th_src.s_out.connect(lif.theta_in)
         prev = lif.s_out
         lifs.append(lif)
-    cfg = lv["Loihi2SimCfg"](select_tag="fixed_pt", exception_proc_model_map={
-        RingBuffer: PySendModelFixed, lv["BatchThetaLIF"]: lv["PyBatchThetaLifModelBitAcc"],
-        lv["Sparse"]: lv["PySparseModelBitAcc"]})
+    cfg = lv.Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={
+        RingBuffer: PySendModelFixed, lv.BatchThetaLIF: lv.PyBatchThetaLifModelBitAcc,
+        lv.Sparse: lv.PySparseModelBitAcc})
     try:
         with warnings.catch_warnings():  # Lava scans sim/ for models of BatchThetaLIF; it is given
             warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
             lifs[-1].create_runtime(run_cfg=cfg)
-        lifs[-1].run(condition=lv["RunSteps"](num_steps=1), run_cfg=cfg)   # warm-up step
+        lifs[-1].run(condition=lv.RunSteps(num_steps=1), run_cfg=cfg)   # warm-up step
         t0 = time.perf_counter()
-        lifs[-1].run(condition=lv["RunSteps"](num_steps=steps - 1), run_cfg=cfg)
+        lifs[-1].run(condition=lv.RunSteps(num_steps=steps - 1), run_cfg=cfg)
         sec = time.perf_counter() - t0
     finally:
         lifs[-1].stop()
@@ -246,23 +230,31 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seqs", type=int, default=3, help="sequences (batches) per bridge measurement")
-    ap.add_argument("--old-samples", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="alternating bridge / no-host-I/O measurements (medians are reported)")
     ap.add_argument("--mem-run", help="run folder for the peak-memory measurement (>= 1,000 test samples)")
     ap.add_argument("--skip-onnx", action="store_true")
     ap.add_argument("--json", help="also write all figures to this JSON file")
     args = ap.parse_args()
-    from stft_neuro.sim.lava_session import _lava
-    _lava()
+    from stft_neuro.sim.lava_runtime import load
+    load()
     B, T = args.batch, args.steps
     cpu = cpu_name()
     plan = bench_plan(T=T)
     res: dict = {"cpu": cpu, "batch": B, "steps": T, "command": " ".join(sys.argv)}
     print(f"# bench_bridge: {cpu}; B = {B}, T = {T}, sizes {SIZES}", file=sys.stderr)
-    res["bridge"] = bench_bridge(plan, T, B, args.seqs)
-    print("bridge", res["bridge"]["samples_per_s"], file=sys.stderr)
-    res["old"] = bench_old(plan, T, args.old_samples)
-    print("old", res["old"]["samples_per_s"], file=sys.stderr)
-    res["no_io"] = bench_no_io(plan, T, B, args.seqs)
+    pairs = []
+    for k in range(args.repeats):
+        bridge, no_io = bench_bridge(plan, T, B, args.seqs), bench_no_io(plan, T, B, args.seqs)
+        pairs.append((bridge, no_io))
+        print(f"bridge {bridge['step_ms']:.1f} ms/step, no host I/O {no_io['step_ms']:.1f} ms/step",
+              file=sys.stderr)
+    res["pairs"] = [{"bridge_step_ms": b["step_ms"], "no_io_step_ms": n["step_ms"]} for b, n in pairs]
+    res["bridge"] = min((b for b, _ in pairs), key=lambda b: abs(b["step_ms"] - statistics.median(
+        x["step_ms"] for x, _ in pairs)))   # the median run, for its other figures
+    res["bridge_step_ms"] = statistics.median(b["step_ms"] for b, _ in pairs)
+    res["no_io_step_ms"] = statistics.median(n["step_ms"] for _, n in pairs)
+    res["overhead"] = statistics.median(b["step_ms"] / n["step_ms"] - 1 for b, n in pairs)
     res["hybrid"] = bench_hybrid(T, B, args.seqs)
     if not args.skip_onnx:
         res["host"] = bench_host(B, T)
@@ -275,20 +267,18 @@ def main() -> int:
 
 
 def table(r: dict) -> str:
-    b, o, n, h = r["bridge"], r["old"], r["no_io"], r["hybrid"]
+    b, h = r["bridge"], r["hybrid"]
+    pairs = ", ".join(f"{p['bridge_step_ms']:.1f}/{p['no_io_step_ms']:.1f}" for p in r["pairs"])
     rows = [
         ("Lava bridge (LavaSession), steady state", f"{b['samples_per_s']:.1f} samples/s, "
          f"{b['sample_steps_per_s']:.0f} sample-steps/s ({b['samples']} samples; start-up "
          f"{b['build_s']:.2f} s once, reset {b['reset_ms']:.1f} ms/batch)"),
         ("Lava bridge incl. start-up", f"{b['samples_per_s_incl_build']:.1f} samples/s"),
-        ("old LavaRunner (network per sample, thetas given)", f"{o['samples_per_s']:.2f} samples/s, "
-         f"{o['sample_steps_per_s']:.1f} sample-steps/s ({o['samples']} samples; "
-         f"{o['build_s_per_sample']:.2f} s start-up per sample)"),
-        ("bridge / old runner", f"**{b['samples_per_s'] / o['samples_per_s']:.0f}x** steady state, "
-         f"{b['samples_per_s_incl_build'] / o['samples_per_s']:.0f}x incl. start-up (goal >= 20x)"),
-        ("bridge per step (whole batch, host I/O + checks)", f"{b['step_ms']:.1f} ms"),
-        ("Lava, same network, no host I/O (RingBuffer inputs)", f"{n['step_ms']:.1f} ms per step"),
-        ("bridge overhead vs no host I/O", f"**{100 * (b['step_ms'] / n['step_ms'] - 1):+.0f}%** (goal <= 20%)"),
+        ("bridge per step (whole batch, host I/O + checks), median", f"{r['bridge_step_ms']:.1f} ms"),
+        ("Lava, same network, no host I/O (RingBuffer inputs), median", f"{r['no_io_step_ms']:.1f} ms per step"),
+        ("bridge / no host I/O, each pair (ms per step)", pairs),
+        ("bridge overhead vs no host I/O (median of the pairs)",
+         f"**{100 * r['overhead']:+.0f}%** (goal <= 20%)"),
         ("hybrid closed loop, reference backend", f"{h['reference']['samples_per_s']:.0f} samples/s, "
          f"{h['reference']['sample_steps_per_s']:.0f} sample-steps/s"),
         ("hybrid closed loop, Lava backend", f"{h['lava']['samples_per_s']:.1f} samples/s, "

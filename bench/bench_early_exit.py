@@ -42,7 +42,7 @@ from stft_neuro.model.host import valid_mask
 from stft_neuro.protocol import distances, harmonic_mean, mean_per_class_accuracy, predict
 from stft_neuro.sim.reference import ReferenceSimulator
 
-from bench_payload_sparsity import cpu_name
+from stft_neuro.machine import cpu_name
 
 AGREEMENTS = (0.99, 0.95)
 

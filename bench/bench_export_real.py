@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import update_locked  # noqa: E402
+from stft_neuro.results_file import update_locked  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

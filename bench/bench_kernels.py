@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stft_neuro.machine import cpu_description
 from stft_neuro.sim import dense_kernels as D
 
 SHAPES = (("lif0", 512, 256, 8), ("lif1", 256, 256, 0), ("lif2", 256, 128, 0))
@@ -122,7 +123,7 @@ def run_mode(mode: str, reps: int) -> dict:
                     "median_us": 1e6 * med[cname], "gmac_s": mac / med[cname] / 1e9,
                     "vs_float32": med[cname] / med["float32"] if "float32" in med else None,
                     "exact": exact[cname], "chosen": cname == k.name})
-    return {"mode": mode, "cpu": D.cpu_description(), "reps": reps, "results": rows_out,
+    return {"mode": mode, "cpu": cpu_description(), "reps": reps, "results": rows_out,
             "chooser": chooser}
 
 

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_file import update_locked  # noqa: E402
+from stft_neuro.results_file import update_locked  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "netx_cost.json"
 
@@ -36,7 +36,7 @@ def measure(run: Path) -> dict:
     from stft_neuro.data import load_benchmark
     from stft_neuro.export import netx_plan as NP
     from stft_neuro.qat import calibrate
-    from stft_neuro.sim.dense_kernels import cpu_description
+    from stft_neuro.machine import cpu_description
 
     out = {"run": str(run), "cpu": cpu_description(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     bench = None

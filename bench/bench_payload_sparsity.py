@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from stft_neuro.data import load_benchmark
 from stft_neuro.hw_targets.loihi2.energy import chip_energy
 from stft_neuro.hw_targets.loihi2.network import FixedPointNetwork
 from stft_neuro.hw_targets.loihi2.weights import lava_effective_weights
+from stft_neuro.machine import cpu_name
 from stft_neuro.report.energy import CONSTANTS
 from stft_neuro.sim.reference import ReferenceSimulator
 from stft_neuro.train import evaluate_split_pair
@@ -48,11 +48,6 @@ from stft_neuro.train import evaluate_split_pair
 SPLITS = ("stage_2_test_seen", "stage_2_test_unseen")
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 @torch.no_grad()

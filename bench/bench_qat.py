@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from markdown import replace_section  # noqa: E402
-from results_file import update_locked  # noqa: E402
+from stft_neuro.results_file import update_locked  # noqa: E402
 
 from stft_neuro import config as config_mod  # noqa: E402
 from stft_neuro.checkpoint import load_run  # noqa: E402

@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import cpu_name  # noqa: E402
+from stft_neuro.machine import cpu_name  # noqa: E402
 
 from stft_neuro.config import DataConfig  # noqa: E402
 from stft_neuro.data import SPLIT_NAMES, load_benchmark  # noqa: E402

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import cpu_name  # noqa: E402
+from stft_neuro.machine import cpu_name  # noqa: E402
 
 from stft_neuro import config as config_mod  # noqa: E402
 from stft_neuro.data import load_benchmark  # noqa: E402

@@ -31,16 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from stft_neuro.machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VGGSOUND_TEST = 9032 + 3450   # stage_2_test_seen.csv + stage_2_test_unseen.csv rows (main_split)
 
 
-def _cpu() -> str:
-    sys.path.insert(0, str(ROOT))
-    from stft_neuro.sim.dense_kernels import cpu_description
-    d = cpu_description()
-    return f"{d['model'] or 'unknown'} ({d['vendor']}), {d['logical_cpus']} logical CPUs, flags {', '.join(sorted(d['flags'])) or 'none'}"
 
 
 def _timed(cmd: list[str]) -> float:
@@ -145,7 +142,7 @@ def main() -> int:
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "ray.json"))
     args = ap.parse_args()
-    r = {"cpu": _cpu(), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()), "project": args.project,
+    r = {"cpu": cpu_name(), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()), "project": args.project,
          "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         r["simulate"] = bench_simulate(args, Path(tmp))

@@ -25,7 +25,7 @@ from stft_neuro.branch_worth import branch_worth  # noqa: E402
 from stft_neuro.checkpoint import load_run  # noqa: E402
 from stft_neuro.data import load_benchmark  # noqa: E402
 from stft_neuro.train import Trainer  # noqa: E402
-from results_file import update_locked  # noqa: E402
+from stft_neuro.results_file import update_locked  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BASE = ["data.sizes=real", "train.threads=1", "train.stages=1"]

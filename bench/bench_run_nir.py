@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stft_neuro.machine import cpu_name
 
-def cpu_name() -> str:
-    """The CPU model (``sim.dense_kernels.cpu_description``)."""
-    from stft_neuro.sim.dense_kernels import cpu_description
-    return cpu_description()["model"]
+
 
 
 def write_graph(path: Path, seed: int = 0) -> None:

@@ -21,9 +21,12 @@ shared machines drift). Energy figures, where present, are estimates and say so.
 
 
 def machine() -> str:
+    """The machine line of a section: ``stft_neuro.machine.cpu_name`` and the software."""
     import torch
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+    from stft_neuro.machine import cpu_name
+    return (f"{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}")
 
 
 def replace_section(heading: str, body: str, command: str, path: Path = BENCHMARKS) -> None:

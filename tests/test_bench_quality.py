@@ -1,16 +1,14 @@
-"""bench/bench_quality.py: run order, resumability checks, and the report's paired statistics."""
+"""The quality sweep (stft_neuro/quality_sweep.py, run by bench/bench_quality.py): run order,
+resumability checks, and the report's paired statistics."""
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import bench_quality as bq  # noqa: E402
-
-from stft_neuro import config as config_mod  # noqa: E402
+from stft_neuro import config as config_mod
+from stft_neuro import quality_sweep as bq
 
 
 def test_tier_1_runs_first_on_every_seed() -> None:

@@ -9,10 +9,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stft_neuro import machine
+from stft_neuro.hw_targets.loihi2 import arithmetic as A
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.sim import dense_kernels as D
 
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 GRADED8 = D.PayloadRange.for_message_bits(8)      # [-128, 127]
 BINARY = D.PayloadRange.for_message_bits(0)       # [0, 1]
@@ -234,10 +236,12 @@ def test_measure_prefers_the_faster_kernel():
 
 
 def test_cpu_description():
-    d = D.cpu_description()
+    """The one machine description every benchmark uses (stft_neuro/machine.py)."""
+    d = machine.cpu_description()
     assert d["model"] and d["torch_threads"] == torch.get_num_threads()
-    assert set(d["flags"]) <= set(D.RELEVANT_FLAGS)
+    assert set(d["flags"]) <= set(machine.RELEVANT_FLAGS)
     assert d["int_mm_path"] in ("oneDNN", "naive loop")
+    assert machine.cpu_name().startswith(f"{d['model']}, {d['logical_cpus']} CPUs, flags: ")
 
 
 # ------------------------------------------------------------------------------------- property
@@ -245,8 +249,12 @@ def test_cpu_description():
 @SETTINGS
 @given(n_in=st.integers(1, 96), n_out=st.integers(1, 40), rows=st.integers(1, 48),
        bits=st.sampled_from([0, 2, 4, 8, 9, 16]), mode=st.sampled_from(["mixed", "exc", "inh"]),
-       extreme=st.booleans(), seed=st.integers(0, 2 ** 16))
-def test_property_every_offered_kernel_is_exact(n_in, n_out, rows, bits, mode, extreme, seed):
+       extreme=st.booleans(), seed=st.integers(0, 2 ** 16),
+       weight_exp=st.integers(C.WEIGHT_EXP_MIN, C.WEIGHT_EXP_MAX))
+def test_property_every_offered_kernel_is_exact(n_in, n_out, rows, bits, mode, extreme, seed, weight_exp):
+    """Every offered kernel gives the exact product, and with the weight exponent applied
+    (``arithmetic.shift_floor``, as the reference simulator does) the one Dense definition,
+    ``arithmetic.dense``."""
     rng = np.random.default_rng(seed)
     p = D.PayloadRange.for_message_bits(bits)
     if mode == "mixed":
@@ -265,6 +273,10 @@ def test_property_every_offered_kernel_is_exact(n_in, n_out, rows, bits, mode, e
     kernels, rejected = D.kernel_report(w, p)
     assert "float64" in {k.name for k in kernels}
     assert set(rejected) | {k.name for k in kernels} == set(D.KERNEL_NAMES)
-    bound = p.abs_max * D.max_row_abs_sum(w)
+    bound = D.partial_sum_bound(w, p)
     assert ("float32" in {k.name for k in kernels}) == (bound <= D.FLOAT32_EXACT_MAX)
     assert_all_exact(w, p, x)
+    want = A.dense(x.double(), torch.tensor(w, dtype=torch.float64), weight_exp)
+    for k in kernels:
+        assert torch.equal(A.shift_floor(k.accumulate(x), weight_exp), want), k.name
+

@@ -15,7 +15,7 @@ from stft_neuro.hw_targets.loihi2 import weights as W
 from stft_neuro.hw_targets.loihi2.ste import straight_through
 from stft_neuro.sim.reference import ReferenceSimulator
 
-SETTINGS = settings(max_examples=50, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=300, deadline=None)
 ints24 = st.integers(-C.UV_MAX_VAL + 1, C.UV_MAX_VAL)
 
 
@@ -123,3 +123,51 @@ def test_quantization_reports_saturation():
     layers_f = _float_layers(4)
     _, report = Q.quantize_network(layers_f, 0.01, 8, weight_clip_percentile=90.0)
     assert report.weights_saturated > 0
+
+
+def lava_lif_step(u, v, a, du, dv, bias, vth):
+    """Lava's ``AbstractPyLifModelFixed.subthr_dynamics`` and ``PyLifModelBitAcc`` spike/reset
+    (``lif/models.py`` l.145-192, l.273-280), transcribed as its numpy code; also returns which
+    neurons wrapped u and saturated v."""
+    d = np.int64(u) * (C.DECAY_UNITY - (du + C.DS_OFFSET))
+    d = np.sign(d) * np.right_shift(np.abs(d), C.DECAY_SHIFT)
+    d = d + np.left_shift(np.int64(a), C.ACT_SHIFT)
+    w = np.where(d > C.UV_MAX_VAL, d - 2 * C.UV_MAX_VAL, d)
+    w = np.where(w <= -C.UV_MAX_VAL, d + 2 * C.UV_MAX_VAL, w)
+    dvv = np.int64(v) * (C.DECAY_UNITY - (dv + C.DM_OFFSET))
+    dvv = np.sign(dvv) * np.right_shift(np.abs(dvv), C.DECAY_SHIFT)
+    pre = dvv + w + bias
+    v_new = np.clip(pre, -C.UV_MAX_VAL + 1, C.UV_MAX_VAL - 1)
+    s = v_new > np.left_shift(np.int64(vth), C.VTH_SHIFT)
+    v_new = np.where(s, 0, v_new)
+    return s, w, v_new, w != d, pre != np.clip(pre, C.V_MIN, C.V_MAX)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), du=st.integers(0, C.DECAY_MAX), dv=st.integers(0, C.DECAY_MAX),
+       vth=st.integers(0, C.VTH_MAX), n=st.integers(1, 40))
+def test_lif_step_is_lavas_lif(seed, du, dv, vth, n):
+    """The one LIF update (``arithmetic.lif_step``, which the reference simulator and the deploy
+    mode both step) equals Lava's numpy code in float64, float32 and int64, on random neurons plus
+    three that every example drives into the regimes: u wraps, v saturates both ways, spikes."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(-C.UV_MAX_VAL + 1, C.UV_MAX_VAL + 1, n)
+    v = rng.integers(C.V_MIN, C.V_MAX + 1, n)
+    a = rng.integers(-2 ** 17, 2 ** 17, n)
+    b = rng.integers(-C.BIAS_MANT_MAX << C.BIAS_EXP_MAX, C.BIAS_MANT_MAX << C.BIAS_EXP_MAX, n)
+    # wrap: u just below 2**23 plus a << 6 = 2**23; saturation: v at a limit, a << 6 ~ +-2**23
+    u = np.concatenate([u, [C.UV_MAX_VAL - 1, 0, 0]])
+    v = np.concatenate([v, [0, C.V_MAX, C.V_MIN]])
+    a = np.concatenate([a, [2 ** 17, 2 ** 17 - 1, -(2 ** 17) + 1]])
+    b = np.concatenate([b, [0, 1000, -1000]])
+    s_l, u_l, v_l, wrapped, saturated = lava_lif_step(u, v, a, du, dv, b, vth)
+    assert wrapped[-3] and saturated[-2] and saturated[-1] and s_l[-2]      # the regimes
+    for dt in (torch.float64, torch.int64, torch.float32):
+        if dt == torch.float32:
+            if max(np.abs(u).max(), np.abs(v).max()) > 2 ** 24:
+                continue
+        t = lambda x: torch.tensor(x, dtype=dt)[None]   # noqa: E731  (B=1, n)
+        s, u2, v2 = A.lif_step(t(a), t(u), t(v), du=du, dv=dv, bias=torch.tensor(b, dtype=dt), vth=vth)
+        assert np.array_equal(s[0].numpy().astype(bool), s_l), dt
+        assert np.array_equal(u2[0].numpy().astype(np.int64), u_l), dt
+        assert np.array_equal(v2[0].numpy().astype(np.int64), v_l), dt

@@ -190,8 +190,7 @@ def test_save_records_is_reproducible_and_readable(tmp_path):
 def test_sweep_on_ray_gives_the_rows_of_one_process(tmp_path, local_ray, monkeypatch, capsys):
     """bench_quality.py run --ray: one task per (variant, seed), the same rows (but for wall times)
     as the sweep in this process, in the same file format."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import bench_quality as bq
+    from stft_neuro import quality_sweep as bq
 
     sets = _sets(*TINY, "data.sizes=small", "train.epochs=1")
     rows = {}

@@ -16,7 +16,7 @@ from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.contract import run_by_steps
 from stft_neuro.sim.reference import ReferenceSimulator
 
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
