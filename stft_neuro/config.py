@@ -53,6 +53,9 @@ class DataConfig:
     audio_dim: int = 512
     visual_dim: int = 512
     noise: float = 1.25  # per-second feature noise std of the synthetic generator (calibrated, see data/synthetic.py)
+    # share of the clip the class event covers, drawn uniformly in [low, high] per sample (synthetic
+    # generator; the default is the calibrated benchmark's, bench/bench_event_fraction.py sweeps it)
+    event_fraction: tuple[float, ...] = (0.3, 0.6)
     generated_classes: int = 51
     generated_unseen: int = 9
     generated_val_unseen: int = 9
@@ -263,7 +266,8 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config {where}: expected a list of integers, got {value!r}")
+            kind = "numbers" if typing.get_args(hint)[0] is float else "integers"
+            raise ConfigError(f"config {where}: expected a list of {kind}, got {value!r}")
         return tuple(_coerce(where, v, typing.get_args(hint)[0]) for v in value)
     if hint is bool:
         if isinstance(value, bool):
@@ -389,6 +393,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.train_per_class >= 1 and cfg.data.eval_per_class >= 1,
          "data.train_per_class and data.eval_per_class must be >= 1"),
         (cfg.data.noise >= 0, "data.noise must be >= 0"),
+        (len(cfg.data.event_fraction) == 2 and 0 < cfg.data.event_fraction[0] <= cfg.data.event_fraction[1] <= 1,
+         "data.event_fraction must be two numbers low,high with 0 < low <= high <= 1"),
         (cfg.spiking.num_steps >= 1, "spiking.num_steps must be >= 1"),
         (not cfg.spiking.readout_after_latency or cfg.spiking.num_steps > len(cfg.spiking.hidden),
          "spiking.num_steps must exceed the number of chip layers (spiking.hidden) when "

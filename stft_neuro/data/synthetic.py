@@ -14,7 +14,8 @@ Model of one sample of class ``c`` (embedding ``e_c``, 300-d unit), length ``T``
 - ``u_i = f_m(e_i) + RHO * o_{c,m}``: ``f_m(e) = (tanh(GAIN * e A1_m + b1_m) A2_m - mu_m) / sd_m + bias_m``,
   a random 2-layer tanh network (``HIDDEN`` units) per modality, its output standardised on reference
   embeddings; ``o_{c,m} ~ N(0, I)`` fixed per class (keyed by the class name);
-- an event: ``k = max(1, round(f T))`` consecutive seconds, ``f ~ U(EVENT_FRAC)``, at a random start;
+- an event: ``k = max(1, round(f T))`` consecutive seconds, ``f ~ U(data.event_fraction)`` (default
+  ``EVENT_FRAC``), at a random start;
   the visual window is the audio window shifted by -1, 0 or +1 s (clipped); over its window a
   modality carries ``w_t = sin(pi (t - start + 1/2) / k)`` of the class signal;
 - background: ``f_m(beta)`` of one of ``NUM_BACKGROUNDS`` fixed non-class embeddings, weight
@@ -85,7 +86,7 @@ NUM_BACKGROUNDS = 16
 LATENT = 8
 AR = 0.8
 DRIFT = 0.5
-EVENT_FRAC = (0.3, 0.6)
+EVENT_FRAC = (0.3, 0.6)  # DataConfig.event_fraction's default: the calibrated benchmark
 NUM_REFERENCE = 512
 
 _MAPS, _OFFSET, _SAMPLES, _CLASSES = 1, 2, 3, 4
@@ -154,7 +155,7 @@ def _class_samples(cfg: DataConfig, mods: tuple[_Modality, _Modality], backgroun
     rng = _rng(cfg.seed, _SAMPLES, split_index, _name_key(name))
     lengths = rng.integers(cfg.min_seconds, cfg.max_seconds + 1, size=n)
     e = _unit(embedding[None, :] + rng.standard_normal((n, EMBED_DIM)) * (TAU / np.sqrt(EMBED_DIM)))
-    k = np.maximum(1, np.rint(rng.uniform(*EVENT_FRAC, size=n) * lengths)).astype(np.int64)
+    k = np.maximum(1, np.rint(rng.uniform(*cfg.event_fraction, size=n) * lengths)).astype(np.int64)
     start = (rng.uniform(size=n) * (lengths - k + 1)).astype(np.int64)
     shift = rng.integers(-1, 2, size=n)
     bg = backgrounds[rng.integers(0, len(backgrounds), size=n)]
