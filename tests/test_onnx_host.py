@@ -309,3 +309,63 @@ def test_default_model_size(tmp_path):
         assert cl["prediction_mismatches"] <= cl["samples_diverged"], res
         if cl["samples_diverged"] == 0:
             assert cl["joint_max_abs_diff"] <= TOL, res
+
+
+# ------------------------------------------------------------------ the one closed loop and the one readout
+def test_onnx_host_with_fusion_output_norm_equals_the_torch_host(tmp_path):
+    """``fusion.output_norm = true`` (a LayerNorm after the fusion, with non-trivial affine
+    parameters): the ONNX readout graph computes the torch model's joint embedding, and the two
+    closed loops send and receive the same values. (The readout's former ONNX copy dropped the
+    norm: its joint differed by far more than 1e-5.)"""
+    model = make_model("fusion.output_norm=true", seed=7)
+    with torch.no_grad():
+        model.fusion_norm.weight.normal_(1.0, 0.5)
+        model.fusion_norm.bias.normal_(0.0, 0.5)
+    plan = model.spiking.deployment_plan()[0]
+    export_host_onnx(model, plan, tmp_path)
+    host = OnnxHost(tmp_path)
+    a, v, n = samples(21, 6, 7)
+    res = check_against_torch(model, host, 6, 7, seed=21)
+    assert res["readout"]["max_abs_diff"] <= TOL and res["closed_loop"]["joint_max_abs_diff"] <= TOL, res
+    with torch.no_grad():
+        ours = host.run(a, v, n, ReferenceSimulator(plan))
+        theirs = model(a, v, n, backend=ReferenceSimulator(plan))
+    for got, want in zip(ours["record"].spikes, theirs["record"].spikes):
+        assert torch.equal(got, want)
+    assert torch.equal(ours["record"].theta, theirs["record"].theta)
+    assert torch.equal(ours["record"].sent, theirs["record"].sent)
+
+
+def test_the_closed_loop_against_a_hand_unrolled_oracle(fixed):
+    """The one loop (``stft_neuro.closed_loop``) as both hosts drive it, checked against the loop
+    written out by hand here: theta_0 from the GLP cue, theta_t from step t-1's spikes of every
+    layer, and the recorded sends replayed open-loop through the reference simulator give the
+    recorded spikes (a loop that sent theta one step late, or skipped a step, fails)."""
+    from stft_neuro.closed_loop import Replay, closed_loop
+
+    model, plan, _, _, host = fixed
+    a, v, n = samples(31, 9, 6)
+    with torch.no_grad():
+        x, g = model.spiking.encode(a, v, n)
+        rec = model.spiking.drive(x, g, ReferenceSimulator(plan))
+        br = model.spiking
+        T = plan.num_steps
+        want = [plan.theta_to_chip(br.initial_cue(g))]
+        want += [plan.theta_to_chip(br.threshold_cue(tuple(s[t - 1] for s in rec.spikes), g))
+                 for t in range(1, T)]
+        assert torch.equal(rec.theta, torch.stack(want))
+        assert torch.equal(rec.sent, plan.encode_input(x))
+        open_loop, _ = ReferenceSimulator(plan).run(rec.sent, rec.theta)
+        for got, exp in zip(rec.spikes, open_loop):
+            assert torch.equal(got, exp)
+        assert all(float(s.sum()) > 0 for s in rec.spikes)  # every layer spikes: thetas matter
+        # a replay of the received spikes makes the host send exactly what it sent
+        replayed = closed_loop(br, Replay(rec.spikes, plan), x, g)
+        assert torch.equal(replayed.theta, rec.theta) and torch.equal(replayed.sent, rec.sent)
+        # the ONNX host, the same loop: the same record
+        onnx_rec = host.run(a, v, n, ReferenceSimulator(plan))["record"]
+    assert torch.equal(onnx_rec.theta, rec.theta) and torch.equal(onnx_rec.sent, rec.sent)
+    for got, exp in zip(onnx_rec.spikes, rec.spikes):
+        assert torch.equal(got, exp)
+    with pytest.raises(ValueError, match="recorded batch"):
+        closed_loop(br, Replay(rec.spikes, plan), x[:, :2], g[:2])
