@@ -196,6 +196,10 @@ class LavaRuntime:
         self._signals: contextlib.ExitStack | None = None
         self._stopped = False
         self.steps_done = 0
+        #: after :meth:`start`: the process models' PIDs and the names of the shared-memory
+        #: segments of the channels (``/dev/shm/<name>``), to check that nothing outlives the runtime
+        self.pids: list[int] = []
+        self.segments: list[str] = []
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -220,6 +224,9 @@ class LavaRuntime:
                 warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
                 self.anchor.create_runtime(run_cfg=self.run_cfg)
             self._recv_ports = [e.out_port.external_pipe_csp_recv_port for e in self.extractors]
+            infra = self.anchor.runtime._messaging_infrastructure
+            self.pids = [int(a.pid) for a in infra.actors]
+            self.segments = [h.name for h in infra.smm._shared_memory_handles]
         except BaseException:
             self.stop(force=True)
             raise
@@ -262,13 +269,18 @@ class LavaRuntime:
     def finish(self) -> None:
         """Feed zeros for the owed steps of the current ``RunSteps``, discard their outputs and
         wait: the runtime is paused (its Vars can be read, a new ``RunSteps`` started)."""
-        for i, inj in enumerate(self.injectors):
-            while self._sent[i] < self._chunk:
-                inj.send(self._zeros[i])
-                self._sent[i] += 1
-        for j in range(len(self.extractors)):
-            while self._received[j] < self._chunk:
-                self._receive(j)
+        # step by step: an injector fed far ahead of the others would fill its channel (Lava's
+        # buffers hold 50 steps) while the network waits for the others, and block for ever
+        while min(self._sent, default=self._chunk) < self._chunk or \
+                min(self._received, default=self._chunk) < self._chunk:
+            for i, inj in enumerate(self.injectors):
+                if self._sent[i] < self._chunk:
+                    inj.send(self._zeros[i])
+                    self._sent[i] += 1
+            fed = min(self._sent, default=self._chunk)   # steps whose every input was sent
+            for j in range(len(self.extractors)):
+                while self._received[j] < fed:
+                    self._receive(j)
         if self._running:
             self._wait()
 
