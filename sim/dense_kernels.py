@@ -227,7 +227,7 @@ def _check_rows(inp: Tensor, n_in: int, name: str) -> None:
 
 def _float_kernel(name: str, w: np.ndarray, bound: int, device: torch.device) -> DenseKernel:
     dtype = torch.float32 if name == "float32" else torch.float64
-    w_t = torch.as_tensor(np.ascontiguousarray(w.T), device=device).to(dtype).contiguous()
+    w_t = torch.as_tensor(w.T.copy(order="C"), device=device).to(dtype)  # canonical strides, as int8
     n_out, n_in = w.shape
 
     if dtype == torch.float32:
@@ -250,7 +250,10 @@ def _float_kernel(name: str, w: np.ndarray, bound: int, device: torch.device) ->
 
 def _int8_kernel(wq: np.ndarray, step: int, bound: int, device: torch.device,
                  fallback: DenseKernel) -> DenseKernel:
-    w_t = torch.as_tensor(np.ascontiguousarray(wq.T), device=device).to(torch.int8).contiguous()
+    # A fresh C-order copy: numpy keeps any stride on a length-1 axis (wq.T of a one-input layer is
+    # (1, n_out) with strides (8, 8)), torch then sees stride (1, 1) as contiguous, and oneDNN's
+    # _int_mm reads that operand with a leading dimension of 1: garbage (found by the property test).
+    w_t = torch.as_tensor(wq.T.copy(order="C"), device=device).to(torch.int8)
     n_out, n_in = wq.shape
     fb_raw, fb_step = fallback.raw, fallback.step
 

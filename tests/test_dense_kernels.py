@@ -280,3 +280,15 @@ def test_property_every_offered_kernel_is_exact(n_in, n_out, rows, bits, mode, e
     for k in kernels:
         assert torch.equal(A.shift_floor(k.accumulate(x), weight_exp), want), k.name
 
+
+
+def test_one_input_layer_is_exact_on_every_kernel():
+    """A one-input layer: ``W.T`` is ``(1, n_out)``, whose numpy strides on the length-1 axis are
+    arbitrary; every kernel (int8 ``_int_mm`` in particular, which read such an operand with a
+    leading dimension of 1 and returned garbage) must still give the exact product."""
+    w = np.array([[2], [-4], [6], [-128]])
+    x = torch.tensor([[1.0], [0.0], [1.0]])
+    kernels = D.exact_kernels(w, BINARY)
+    assert {k.name for k in kernels} >= {"float32", "float64"}
+    for k in kernels:
+        assert torch.equal(k.accumulate(x), torch.tensor(reference(x, w), dtype=torch.float64)), k.name
