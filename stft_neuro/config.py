@@ -92,6 +92,11 @@ class SpikingConfig:
     synaptic operation on Loihi; ``DeploymentPlan.payload_dead_zone``); 0 sends every payload.
     Part of the plan, so QAT trains with it and every backend runs it (BENCHMARKS.md: chip energy
     per sample against k).
+    ``init``: ``default`` (each weight ~ N(0, (2 vth)^2 / n_in), biases 0) or ``graded``: before
+    training, every chip layer's weights and biases are rescaled on training data so that each
+    neuron's synaptic drive has standard deviation ``init_drive_std`` and steady mean
+    ``init_drive_mean`` (both in thresholds), inside the range where LIF rates are graded
+    rather than a saturated sign code (``ChipNetwork.graded_init`` says why).
     """
 
     enabled: bool = True
@@ -113,6 +118,9 @@ class SpikingConfig:
     energy_budget_uj: float = 0.0
     energy_multiplier_lr: float = 0.05
     payload_dead_zone: int = 0
+    init: str = "default"
+    init_drive_std: float = 0.1
+    init_drive_mean: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -333,7 +341,7 @@ def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
 #: ``from_run_dict`` fills them in when a stored config.json lacks them (a run folder records the
 #: config it trained with; the defaults may have moved since).
 LEGACY_VALUES: dict[str, dict[str, Any]] = {
-    "spiking": {"readout_after_latency": False, "head": False},
+    "spiking": {"readout_after_latency": False, "head": False, "init": "default"},
     "fusion": {"word_geometry": "raw", "skip": "transformer", "transformer_dropout": 0.0},
 }
 
@@ -396,6 +404,8 @@ def validate(cfg: Config) -> None:
         (len(cfg.data.event_fraction) == 2 and 0 < cfg.data.event_fraction[0] <= cfg.data.event_fraction[1] <= 1,
          "data.event_fraction must be two numbers low,high with 0 < low <= high <= 1"),
         (cfg.spiking.num_steps >= 1, "spiking.num_steps must be >= 1"),
+        (cfg.spiking.init in ("default", "graded"), "spiking.init must be default or graded"),
+        (cfg.spiking.init_drive_std > 0, "spiking.init_drive_std must be > 0 (thresholds)"),
         (not cfg.spiking.readout_after_latency or cfg.spiking.num_steps > len(cfg.spiking.hidden),
          "spiking.num_steps must exceed the number of chip layers (spiking.hidden) when "
          "spiking.readout_after_latency is true: the last layer's first spikes arrive at step L"),

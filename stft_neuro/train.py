@@ -224,6 +224,21 @@ def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: tor
     return {k: v / max(batches, 1) for k, v in totals.items()}
 
 
+#: samples of the training split that ``spiking.init = graded`` measures the drives on
+GRADED_INIT_SAMPLES = 512
+
+
+def graded_init(model: STFT, split: Split, cfg: Config, device: torch.device) -> None:
+    """``spiking.init = graded``: the chip's weights and biases rescaled into the LIF's graded range
+    on ``GRADED_INIT_SAMPLES`` training samples (a seeded choice; ``ChipNetwork.graded_init``)."""
+    idx = np.sort(np.random.default_rng(cfg.train.seed).permutation(len(split.labels))[:GRADED_INIT_SAMPLES])
+    with torch.no_grad():
+        x, _ = model.spiking.encode(*(torch.as_tensor(a[idx], device=device)
+                                      for a in (split.audio, split.visual, split.lengths)))
+    model.spiking.chip.graded_init(x, cfg.spiking.init_drive_std * cfg.spiking.threshold,
+                                   cfg.spiking.init_drive_mean * cfg.spiking.threshold)
+
+
 def parameter_groups(model: STFT, cfg: Config) -> list[dict]:
     """Adam's parameter groups: the host's parameters at ``train.weight_decay``, the spiking
     branch's (``model.spiking`` and the readout's ``skip_spiking``) at ``train.spiking_weight_decay``
@@ -322,6 +337,8 @@ class Trainer:
     def _fresh(self, stage: int):
         seed_everything(self.cfg.train.seed)
         model = make_model(self.cfg, self.bench).to(self.device)
+        if model.spiking is not None and self.cfg.spiking.init == "graded":
+            graded_init(model, self.bench.splits[f"stage_{stage}_train"], self.cfg, self.device)
         opt = torch.optim.Adam(parameter_groups(model, self.cfg), lr=self.cfg.train.lr)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", patience=self.cfg.train.plateau_patience) if stage == 1 else None

@@ -131,3 +131,32 @@ def test_runs_before_the_split_decay_the_spiking_branch_like_the_host() -> None:
     del raw["train"]["spiking_weight_decay"], raw["fusion"]["transformer_dropout"]
     cfg = config_mod.from_run_dict(raw)
     assert cfg.train.spiking_weight_decay == 1e-5 and cfg.fusion.transformer_dropout == 0.0
+
+
+def test_graded_init_puts_every_layer_in_the_graded_range() -> None:
+    """spiking.init=graded: each layer's synaptic drive has the configured spread and steady mean on
+    the calibration batch, and the neurons' rates are graded (neither silent nor firing on every
+    step) where the default initialisation leaves layer 1 a saturated sign code."""
+    from stft_neuro.model.spiking import ChipNetwork
+    torch.manual_seed(0)
+    chip = ChipNetwork((64, 48, 32), du=0.25, dv=0.1, threshold=1.0, surrogate_slope=5.0, num_steps=12)
+    x = (torch.randn(1, 200, 64) * 0.3 + torch.randn(1, 1, 64)).expand(12, 200, 64).contiguous()
+
+    def saturated(ch: ChipNetwork) -> float:
+        with torch.no_grad():
+            rates = ch.run(x)[0][0][1:].mean(0)  # layer 1, after its one-step Dense delay
+        return float(((rates == 0) | (rates > 0.9)).float().mean())
+
+    before = saturated(chip)
+    assert before > 0.8  # default init: nearly every layer-1 neuron silent or always on (0.93 here)
+    chip.graded_init(x, drive_std=0.1, drive_mean=0.1)
+    with torch.no_grad():
+        spikes, _ = chip.run(x)
+        pre = x
+        for l in range(chip.num_layers):
+            a = pre @ chip.weights[l].t()
+            torch.testing.assert_close(a.std(dim=(0, 1)), torch.full((a.shape[-1],), 0.1), atol=1e-4, rtol=1e-3)
+            steady = a.mean(dim=(0, 1)) + chip.biases[l] * chip.du  # drive + bias in drive units
+            torch.testing.assert_close(steady, torch.full_like(steady, 0.1), atol=1e-5, rtol=1e-4)
+            pre = spikes[l]
+    assert saturated(chip) < before / 2, (before, saturated(chip))

@@ -109,6 +109,43 @@ class ChipNetwork(nn.Module):
     def num_layers(self) -> int:
         return len(self._sizes) - 1
 
+    @torch.no_grad()
+    def graded_init(self, x: Tensor, drive_std: float, drive_mean: float) -> list[tuple[float, float]]:
+        """Data-based initialisation into the LIF's graded range (``spiking.init = graded``).
+
+        ``x`` (T, B, n_in): float input currents of a training batch. Layer by layer (each on the
+        previous layer's spikes of this batch), every neuron's weight row is rescaled so that its
+        synaptic input ``a = W s`` has standard deviation ``drive_std`` (threshold units, over steps
+        and samples), and its bias is set so that the drive's steady-state mean is ``drive_mean``:
+        ``bias = (drive_mean - mean(a)) / du`` (a constant input ``c`` adds ``c / du`` to the membrane
+        per step once the current has settled, as the bias ``b`` adds ``b``).
+
+        Why: with this network's decays (du 0.25, dv 0.1) a neuron fires on every step once its
+        steady current ``a / du`` reaches the threshold and never below ``dv * vth``, so rates
+        are graded only for ``a`` in about ``[0.025, 0.25] vth``. The default initialisation gives
+        ``a`` a spread of several thresholds, so every layer starts, and stays, a saturated sign
+        code of its input: on a trained real-size run a linear probe reads the seen classes from
+        layer-1 rates at S 10 % against S 79 % from the same layer's synaptic input
+        (bench/bench_branch_probe.py; BENCHMARKS.md, issue #16). Data-based normalisation of
+        this kind is the usual remedy (LSUV, Mishkin & Matas 2016; Rueckauer et al. 2017 for
+        converted SNNs). Returns each layer's ``(std, mean)`` of ``a`` before rescaling."""
+        before = []
+        pre = x
+        for l in range(self.num_layers):
+            w, b = self.weights[l], self.biases[l]
+            a = pre @ w.t()  # (T, B, n_out): the Dense's output of every step
+            sd = a.std(dim=(0, 1)).clamp_min(1e-6)
+            mean = a.mean(dim=(0, 1))
+            before.append((float(sd.mean()), float(mean.mean())))
+            scale = drive_std / sd
+            w.mul_(scale[:, None])
+            if b.requires_grad:  # spiking.bias = false keeps every bias at zero
+                b.copy_((drive_mean - mean * scale) / self.du)
+            state = self.reset(pre.shape[1])
+            spikes, _ = self.run(x, None, state)
+            pre = spikes[l]
+        return before
+
     # -- deploy mode (Loihi 2 fixed point) ----------------------------------------------------
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
