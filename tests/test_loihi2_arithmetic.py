@@ -155,10 +155,10 @@ def test_lif_step_is_lavas_lif(seed, du, dv, vth, n):
     v = rng.integers(C.V_MIN, C.V_MAX + 1, n)
     a = rng.integers(-2 ** 17, 2 ** 17, n)
     b = rng.integers(-C.BIAS_MANT_MAX << C.BIAS_EXP_MAX, C.BIAS_MANT_MAX << C.BIAS_EXP_MAX, n)
-    # wrap: u just below 2**23 plus a << 6 = 2**23; saturation: v at a limit, a << 6 ~ +-2**23
+    # wrap: u >= 0 after any decay, plus a << 6 = 2**23 + 64; saturation: v at a limit, a << 6 ~ +-2**23
     u = np.concatenate([u, [C.UV_MAX_VAL - 1, 0, 0]])
     v = np.concatenate([v, [0, C.V_MAX, C.V_MIN]])
-    a = np.concatenate([a, [2 ** 17, 2 ** 17 - 1, -(2 ** 17) + 1]])
+    a = np.concatenate([a, [2 ** 17 + 1, 2 ** 17 - 1, -(2 ** 17) + 1]])
     b = np.concatenate([b, [0, 1000, -1000]])
     s_l, u_l, v_l, wrapped, saturated = lava_lif_step(u, v, a, du, dv, b, vth)
     assert wrapped[-3] and saturated[-2] and saturated[-1] and s_l[-2]      # the regimes
