@@ -101,11 +101,7 @@ samples, T steps, L layers:
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -203,16 +199,10 @@ def simulate(*, bundle: str | None, checkpoint: str | None, backend: str, host: 
     records. ``progress(n_done_now, total)`` is called after each batch (each shard with Ray).
     SIGTERM is turned into ``KeyboardInterrupt`` for the duration (main thread), so the temporary
     folder and any Lava runtime are always cleaned up."""
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        from stft_neuro.sim.lava_session import on_sigterm
-        old_term = signal.signal(signal.SIGTERM, functools.partial(on_sigterm, os.getpid()))
-    try:
+    from stft_neuro.sim.lava_runtime import sigterm_as_interrupt
+    with sigterm_as_interrupt():
         return _simulate(bundle, checkpoint, backend, host, split, samples, batch, out, force,
                          overrides or [], allow_pickle, ray, ray_workers, progress, chip_from)
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
 
 
 def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, batch, out, force,

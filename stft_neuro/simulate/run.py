@@ -78,6 +78,7 @@ def open_backend(name: str, plan, model, capacity: int, netx_file=None):
         require_lava()
         inner = NetxBackend(netx_file, plan)
     elif name == "lava":
+        from stft_neuro.sim import lava_runtime
         from stft_neuro.sim.lava_session import LavaSession
         require_lava()
         inner = session = LavaSession(plan, capacity)
@@ -87,7 +88,7 @@ def open_backend(name: str, plan, model, capacity: int, netx_file=None):
         yield Timed(inner), session
     except BaseException as exc:
         if session is not None:
-            session.close(force=not isinstance(exc, Exception) or is_lava_failure(exc))
+            session.close(force=lava_runtime.must_force(exc))
         raise
     if session is not None:
         session.close()
@@ -95,17 +96,17 @@ def open_backend(name: str, plan, model, capacity: int, netx_file=None):
 
 def require_lava() -> None:
     """Import Lava (one-line :class:`SimulateError` when it cannot be)."""
-    from stft_neuro.sim.lava_runner import LavaUnavailableError
-    from stft_neuro.sim.lava_session import _lava
+    from stft_neuro.sim.lava_runtime import LavaUnavailableError, load
     try:
-        _lava()
+        load()
     except LavaUnavailableError as exc:
         raise SimulateError(f"simulate --backend lava: {exc}") from None
 
 
 def is_lava_failure(exc: BaseException) -> bool:
-    from stft_neuro.sim.lava_session import LavaSessionError
-    return isinstance(exc, LavaSessionError)
+    """A failure of Lava itself (a process model died or reported an error)."""
+    from stft_neuro.sim.lava_runtime import LavaRuntimeError
+    return isinstance(exc, LavaRuntimeError)
 
 
 def features(bench, chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
