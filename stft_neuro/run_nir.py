@@ -211,6 +211,7 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
     from stft_neuro.hw_targets.loihi2 import quantize as Q
 
     t0 = time.perf_counter()
+    x = x.reshape(x.shape[0], x.shape[1], -1)  # (B, T, n_in): the plan's input is flat
     try:
         lplan = lower(graph, dt)
     except LavaMappingError as exc:
@@ -272,7 +273,8 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
             raise UserError(f"{file}: Output {o!r} does not read a neuron layer; fixed point "
                             "writes spikes of LIF layers only")
         l = stage_index[src[0]]
-        out[o] = spikes[l][depth[l]:depth[l] + T].transpose(0, 1).numpy().astype(np.float32)
+        y = spikes[l][depth[l]:depth[l] + T].transpose(0, 1).numpy().astype(np.float32)
+        out[o] = y.reshape(B, T, *lplan.stages[l].shape)  # (B, T, *node shape), as the float path
     info.update(depth={st.name: d for st, d in zip(lplan.stages, depth)}, extra_zero_steps=extra,
                 seconds=time.perf_counter() - t0)
     return out, info
@@ -293,6 +295,11 @@ def main(args: argparse.Namespace) -> int:
     output = pick_output(graph, args.output, args.file)
     in_shape = graph.nodes[graph.inputs[0]].out_shape
     x, batched = load_input(args.input, in_shape)
+    if not Path(args.out).parent.is_dir():
+        raise UserError(f"{args.out}: folder {Path(args.out).parent} does not exist")
+    if args.report:  # a bad constants file fails before anything runs or is written
+        from stft_neuro.report.energy import load_constants
+        load_constants(args.constants)
     if fixed:
         ran: dict[str, Any] = {}
         out, info = fixed_point_run(args.file, graph, x, args.backend, dt, args.input_bits, ran)
@@ -305,7 +312,6 @@ def main(args: argparse.Namespace) -> int:
         out, info = run_graph(graph, x, args.backend, dt, dt_source)
     y = out[output]
     y = y if batched else y[0]
-    save_atomic(args.out, np.ascontiguousarray(y, dtype=np.float32))
     if args.report:
         from stft_neuro.report.cli import report_graph_run, report_plan_run
         src = {"kind": "run-nir", "file": str(args.file), "backend": args.backend,
@@ -315,6 +321,7 @@ def main(args: argparse.Namespace) -> int:
                             args.constants, src)
         else:
             report_graph_run(graph, dt, x, args.report, args.constants, src, checked={output: out[output]})
+    save_atomic(args.out, np.ascontiguousarray(y, dtype=np.float32))  # last: no output after a failure
     result = {"file": str(args.file), "input": str(args.input), "out": str(args.out),
               "output_node": output, "output_nodes": list(graph.outputs),
               "input_shape": list(x.shape if batched else x.shape[1:]), "output_shape": list(y.shape),
