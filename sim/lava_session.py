@@ -46,6 +46,15 @@ What it builds, once for a capacity of ``B`` samples (``n_l`` the width of layer
   reference simulator from zero state. A batch smaller than the capacity is
   padded with zero payloads and zero thetas (its extra samples are computed and dropped); a larger
   one rebuilds the network at the new capacity.
+- **Early exit: samples drop out of the batch.** :meth:`select_rows` (called by the closed loop,
+  ``stft_neuro.closed_loop.select_rows``) keeps the given samples of the current sequence: each
+  sample keeps its slot of the block-diagonal network (its neurons and their state), the samples
+  that stopped get zero payloads and zero thresholds from then on and their outputs are no longer
+  read, and the host sends and receives ``(B_a, ...)`` for the ``B_a`` samples still running.
+  Dropping a sample rebuilds nothing and changes no other sample's arithmetic (the blocks are
+  independent), so the samples still running stay equal to the reference simulator's (tested).
+  When every sample has stopped the host starts the next sequence; the ``RunSteps`` still owed
+  are fed zeros at that reset (Lava's CPU simulator needs them; they are not steps of any sample).
 - **State.** The neuron state lives in the runtime: :meth:`reset` and :meth:`step` return a
   :class:`SessionState` token (which sequence, which step), not a :class:`ChipState`. A token of an
   earlier sequence is refused (it would silently continue the wrong state). :meth:`read_state`
@@ -141,6 +150,7 @@ class LavaSession:
         self._sequence = 0
         self._step = 0
         self._batch = 0
+        self._slots = np.zeros(0, dtype=np.int64)  # the network slot of each running sample
         self._dirty = False      # state differs from zero (a reset must clear it)
         self._reset_next = False # the next step carries the reset flag
 
@@ -169,8 +179,23 @@ class LavaSession:
         self._sequence += 1
         self._step = 0
         self._batch = batch
+        self._slots = np.arange(batch, dtype=np.int64)
         self._dirty = False
         return SessionState(self._id, self._sequence, 0, batch)
+
+    def select_rows(self, state: SessionState, keep: Any) -> SessionState:
+        """Early exit: keep only the samples ``keep`` (int indices among this sequence's running
+        samples, in order) -> the state token of the ``len(keep)`` samples left. The others keep
+        their slots with zero input from now on; their outputs are no longer read (module doc)."""
+        self._check_state(state, None, None)
+        keep = np.asarray(keep.detach().cpu().numpy() if isinstance(keep, Tensor) else keep, dtype=np.int64)
+        if keep.ndim != 1 or keep.size < 1 or (np.diff(keep) <= 0).any() or keep[0] < 0 \
+                or keep[-1] >= self._batch:
+            raise ChipInputError(f"LavaSession.select_rows: keep must be increasing indices among the "
+                                 f"{self._batch} running samples, at least one; got {keep.tolist()}")
+        self._slots = self._slots[keep]
+        self._batch = int(keep.size)
+        return state._replace(batch=self._batch)
 
     def step(self, x_t: Tensor, theta_t: Tensor | None, state: SessionState
              ) -> tuple[tuple[Tensor, ...], SessionState]:
@@ -217,7 +242,7 @@ class LavaSession:
         if rt.pending:
             raise ChipInputError(f"LavaSession.read_state: {rt.pending} steps of this RunSteps are "
                                  "still to come; read the state at the end of a run")
-        B = self._batch
+        B, slots = self._batch, self._slots
         sizes = self.sizes[1:]
         if self._reset_next or not self._dirty:   # a fresh sequence: the reset flag is still due
             z = tuple(torch.zeros(B, n, dtype=torch.float64) for n in sizes)
@@ -226,7 +251,7 @@ class LavaSession:
         net = self._net
 
         def read(var: Any, n: int) -> Tensor:
-            return torch.from_numpy(rt.get(var).reshape(self.capacity, n)[:B]).to(torch.float64)
+            return torch.from_numpy(rt.get(var).reshape(self.capacity, n)[slots]).to(torch.float64)
 
         return ChipState(u=tuple(read(p.u, n) for p, n in zip(net["lifs"], sizes)),
                          v=tuple(read(p.v, n) for p, n in zip(net["lifs"], sizes)),
@@ -260,7 +285,10 @@ class LavaSession:
         if state.session != self._id or state.sequence != self._sequence or self._net is None:
             raise ChipInputError("LavaSession: this state belongs to an earlier sequence or another "
                                  "session (call reset for a new sequence)")
-        if int(x_t.shape[-2]) != state.batch:
+        if state.batch != self._batch:
+            raise ChipInputError(f"LavaSession: this state is of {state.batch} samples; {self._batch} "
+                                 "are running (a token from before select_rows)")
+        if x_t is not None and int(x_t.shape[-2]) != state.batch:
             raise ChipInputError(f"payload: batch {int(x_t.shape[-2])} does not match the "
                                  f"{state.batch} samples of this sequence")
         if theta_t is not None and int(theta_t.shape[-2]) != state.batch:
@@ -315,22 +343,35 @@ class LavaSession:
         net, rt = self._net, self._runtime
         if rt.pending == 0:
             rt.run_steps(chunk)
-        B, cap = self._batch, self.capacity
+        B, cap, slots = self._batch, self.capacity, self._slots
         xs, ths = net["x_buf"], net["th_buf"]    # the channel copies what is sent: reusable
-        xs[:B * self.network.n_in] = x_t.reshape(-1)
-        ths[:-1] = 0
-        if theta_t is not None:
-            ths[:B * theta_t.shape[-1]] = theta_t.reshape(-1)
+        L = len(self.network.layers)
+        if B == self._slots_full():              # every sample of the sequence still runs
+            xs[:B * self.network.n_in] = x_t.reshape(-1)
+            ths[:-1] = 0
+            if theta_t is not None:
+                ths[:B * L] = theta_t.reshape(-1)
+        else:                                    # early exit: the stopped samples' slots get zeros
+            xs[:] = 0
+            xs.reshape(cap, self.network.n_in)[slots] = x_t
+            ths[:] = 0
+            if theta_t is not None:
+                ths[:-1].reshape(cap, L)[slots] = theta_t
         ths[-1] = 1 if self._reset_next else 0
         self._reset_next = False
         self._dirty = True
         received = rt.step((xs, ths))
-        out = [r.reshape(cap, n)[:B].astype(np.float32) for r, n in zip(received, self.sizes[1:])]
+        out = [r.reshape(cap, n)[slots].astype(np.float32) for r, n in zip(received, self.sizes[1:])]
         self._step += 1
         self.timing.steps += 1
         self.timing.sample_steps += B
         self.timing.steps_s += time.perf_counter() - t0
         return out
+
+    def _slots_full(self) -> int:
+        """The running samples when none has dropped out (slots 0..B-1), else -1."""
+        n = int(self._slots.size)
+        return n if n == 0 or int(self._slots[-1]) == n - 1 else -1
 
     def _finish_sequence(self) -> None:
         """Before a reset: complete (with zeros) and wait for the current RunSteps."""

@@ -648,7 +648,7 @@ class OnnxHost:
         """:meth:`cue` of step t's spikes (L tensors (B, n_l)) as a tensor (B, L)."""
         return torch.from_numpy(self.cue(tuple(s.detach().cpu().float().numpy() for s in spikes_t), g))
 
-    def run(self, audio, visual, lengths, backend: Any) -> dict[str, Any]:
+    def run(self, audio, visual, lengths, backend: Any, stop: Any = None) -> dict[str, Any]:
         """The hybrid closed loop, as ``STFT.forward`` runs it with ``backend``: encode, then
         :func:`~stft_neuro.closed_loop.closed_loop` with these graphs as the host, then the readout.
 
@@ -656,13 +656,14 @@ class OnnxHost:
         dynamic thresholds ``theta`` (T, B, L) as sent, and ``record`` (the loop's
         :class:`~stft_neuro.closed_loop.SpikeRecord`: spikes, thetas and payloads sent, torch).
         ``backend`` follows the step contract (``stft_neuro.contract``), e.g.
-        ``ReferenceSimulator(plan)``."""
+        ``ReferenceSimulator(plan)``. ``stop``: an early-exit rule of the loop
+        (``closed_loop.StopRule``; ``record.steps`` then says how many steps each sample ran)."""
         from stft_neuro.closed_loop import closed_loop
 
         if not self.spiking:
             return {"joint": self.readout(None, audio, visual, lengths)}
         x, g = self.encode(audio, visual, lengths)
-        record = closed_loop(self, backend, x, g)
+        record = closed_loop(self, backend, x, g, stop=stop)
         spikes = tuple(s.detach().cpu().float().numpy() for s in record.spikes)
         out: dict[str, Any] = {"spikes": spikes, "record": record}
         if record.theta is not None:

@@ -4,6 +4,7 @@ JSON schema (version 1; every per-sample figure is a total over the samples divi
 number; ``*_per_step`` lists have one entry per step)::
 
     format "stft-neuro/report", version 1, source {...}, samples N, steps T,
+    steps_run {mean, sample_steps, histogram}                    # early exit only (else absent)
     Footprint, ParameterCount, ConnectionSparsity, ActivationSparsity,
     SynapticOperations {Effective_MACs, Effective_ACs, Dense}, MembraneUpdates   # NeuroBench 2.3
     layers {name: {kind, source, spiking,
@@ -58,6 +59,8 @@ def build_report(counts: RunCounts, static: Mapping[str, Any], host: Mapping[str
     """The report dict (see module doc)."""
     N = max(1, counts.samples)
     T = counts.steps
+    # steps per sample that ran (T, or fewer with early exit): firing rates are per step run
+    mean_steps = counts.meta.get("sample_steps", counts.samples * T) / N if counts.samples else T
     en = E.estimate(counts, host, consts)
     layers: dict[str, Any] = {}
     for name, l in counts.layers.items():
@@ -65,7 +68,7 @@ def build_report(counts: RunCounts, static: Mapping[str, Any], host: Mapping[str
         if l.has_neurons:
             sp = float(l.spikes.sum()) / N
             d.update(neurons=l.neurons, spikes=sp, spikes_per_step=_ps(l.spikes, N),
-                     firing_rate=sp / (l.neurons * T) if T else 0.0,
+                     firing_rate=sp / (l.neurons * mean_steps) if mean_steps else 0.0,
                      active_updates=float(l.active_updates.sum()) / N,
                      inactive_updates=float(l.inactive_updates.sum()) / N,
                      active_updates_per_step=_ps(l.active_updates, N))
@@ -80,6 +83,13 @@ def build_report(counts: RunCounts, static: Mapping[str, Any], host: Mapping[str
     rep: dict[str, Any] = {"format": FORMAT, "version": VERSION, "source": dict(source or {}),
                            "samples": counts.samples, "steps": T,
                            "dynamic_threshold": counts.dynamic_threshold}
+    if counts.meta.get("steps_run") is not None:
+        import numpy as np
+        steps = np.asarray(counts.meta["steps_run"])
+        vals, nums = np.unique(steps, return_counts=True)
+        rep["steps_run"] = {"mean": float(steps.mean()) if steps.size else 0.0,
+                            "sample_steps": int(steps.sum()),
+                            "histogram": {str(int(v)): int(c) for v, c in zip(vals, nums)}}
     rep.update(NB.metrics(static, counts))
     rep["layers"] = layers
     rep["messages"] = {
@@ -107,7 +117,8 @@ def format_table(rep: Mapping[str, Any]) -> str:
     """A terminal table per layer plus the NeuroBench keys and the energy estimates."""
     head = (f"{'layer':<16} {'kind':<10} {'neurons':>8} {'spikes':>10} {'rate':>7} "
             f"{'syn.events':>12} {'active upd':>11} {'energy pJ':>11}")
-    lines = [f"report: {rep['samples']} sample(s) x {rep['steps']} steps (per-sample figures)", head,
+    ran = (f" (early exit: {rep['steps_run']['mean']:.2f} steps run per sample)" if rep.get("steps_run") else "")
+    lines = [f"report: {rep['samples']} sample(s) x {rep['steps']} steps{ran} (per-sample figures)", head,
              "-" * len(head)]
     for name, d in rep["layers"].items():
         lines.append(

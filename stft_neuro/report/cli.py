@@ -90,6 +90,24 @@ def _host_of(results: Mapping[str, Any]) -> tuple[dict | None, str]:
     return host_flops(model, seconds), ""
 
 
+def _with_judge(host: dict, results: Mapping[str, Any], steps_run: np.ndarray, T: int) -> dict:
+    """Early exit: the host's per-step predictions (readout + fusion + projection after every
+    judged step, ``early_exit.judged_steps``) added as the host component ``early_exit``."""
+    from stft_neuro.report.counts import HostCompute
+    from stft_neuro.simulate.early_exit import judged_steps
+    ee = results.get("early_exit") or {}
+    rule = ee.get("rule") or {}
+    if "min_steps" not in rule:
+        raise ReportInputError("records.npz holds steps_run (early exit) but results.json names no "
+                               "early-exit rule ('early_exit.rule.min_steps')")
+    per = judged_steps(steps_run, int(rule["min_steps"]), T).mean() if len(steps_run) else 0.0
+    one = sum(host[k].flops for k in ("readout", "fusion", "projection") if k in host)
+    one_est = sum(host[k].estimate_macs for k in ("readout", "fusion", "projection") if k in host)
+    return {**host, "early_exit": HostCompute(int(round(per * one)), int(round(per * one_est)),
+                                              f"{per:.3f} per-step predictions per sample (readout + "
+                                              "fusion + projection each)")}
+
+
 def report_run_folder(run: str | Path, constants: str | Path | None = None) -> tuple[dict, dict]:
     """Load and count a run folder -> ``(report dict, extras for plots)``."""
     from stft_neuro.report import neurobench as NB
@@ -100,8 +118,10 @@ def report_run_folder(run: str | Path, constants: str | Path | None = None) -> t
 
     consts = load_constants(constants)  # bad constants fail before the (slower) replay
     rf = read_run_folder(run)
-    counts = count_plan_run(rf.plan, rf.spikes, rf.payloads, rf.theta)
+    counts = count_plan_run(rf.plan, rf.spikes, rf.payloads, rf.theta, steps_run=rf.extra.get("steps_run"))
     host, why = _host_of(rf.results)
+    if host and rf.extra.get("steps_run") is not None:
+        host = _with_judge(host, rf.results, rf.extra["steps_run"], counts.steps)
     source = {"kind": "simulate", "run": str(rf.path),
               **{k: rf.results[k] for k in ("backend", "host", "bundle", "manifest_sha256")
                  if k in rf.results}}

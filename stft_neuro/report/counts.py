@@ -48,6 +48,12 @@ number of samples where a per-sample figure is asked for):
   (the threshold cue reads each layer's own firing rate, ``model/host.py``), else the last layer's
   (TSF readout). For a NIR graph: the nonzero values arriving at its Output nodes.
 
+**Early exit** (``simulate --early-exit``: the records' ``steps_run`` (N,), steps each sample ran):
+only the steps a sample ran are counted. Its neuron updates (active and inactive), dense ops and
+threshold messages stop at its exit; its spikes, payloads and thetas after the exit are zeros in the
+records (checked: anything else is a :class:`ReportInputError`); the replay compares and counts
+its state only over the steps it ran (the replay's later steps are not of this sample).
+
 Host compute is counted separately by :func:`host_flops` (``torch.utils.flop_counter``).
 """
 from __future__ import annotations
@@ -137,12 +143,16 @@ class RunCounts:
                 setattr(merged, f, _add(getattr(a, f), getattr(b, f)))
             merged.nb_membrane_updates = a.nb_membrane_updates + b.nb_membrane_updates
             layers[name] = merged
+        meta = dict(self.meta)
+        if "sample_steps" in self.meta or "sample_steps" in other.meta:
+            meta["sample_steps"] = (self.meta.get("sample_steps", self.samples * self.steps)
+                                    + other.meta.get("sample_steps", other.samples * other.steps))
         return RunCounts(self.samples + other.samples, self.steps, layers,
                          self.payload_messages + other.payload_messages,
                          self.theta_messages + other.theta_messages,
                          self.theta_nonzero + other.theta_nonzero,
                          self.chip_to_host_spikes + other.chip_to_host_spikes,
-                         self.dynamic_threshold, self.source, dict(self.meta))
+                         self.dynamic_threshold, self.source, meta)
 
     def total(self, what: str) -> int:
         """Sum over layers and steps of one per-step count (``"spikes"``, ``"synaptic_events"``...)."""
@@ -174,7 +184,8 @@ def _synapse_counts(act: np.ndarray, fanout: np.ndarray, n_out: int
 
 def count_plan_run(plan: Any, spikes: Sequence[np.ndarray], payloads: np.ndarray,
                    theta: np.ndarray | None = None, *, chunk: int = 512,
-                   dest_cores: Sequence[int] | None = None) -> RunCounts:
+                   dest_cores: Sequence[int] | None = None,
+                   steps_run: np.ndarray | None = None) -> RunCounts:
     """Count a run of ``plan`` from its records.
 
     Args:
@@ -185,6 +196,7 @@ def count_plan_run(plan: Any, spikes: Sequence[np.ndarray], payloads: np.ndarray
         chunk: samples replayed at once (memory bound; counts do not depend on it).
         dest_cores: cores each layer's spikes are sent to (default: the next layer's cores in
             ``mapping.map_network``, 1 for the last layer, whose spikes go to the host).
+        steps_run: ``(N,)`` steps each sample ran (early exit; 1..T), None: every sample ran T.
 
     Raises :class:`ReportInputError` when shapes disagree with the plan or the replay through the
     reference simulator does not reproduce the recorded spikes.
@@ -206,6 +218,8 @@ def count_plan_run(plan: Any, spikes: Sequence[np.ndarray], payloads: np.ndarray
                                    f"and payloads need ({N}, {T}, {n})")
     if theta is not None and np.shape(theta) != (N, T, L):
         raise ReportInputError(f"theta has shape {np.shape(theta)}; expected ({N}, {T}, {L})")
+    if steps_run is not None:
+        steps_run = _check_steps_run(steps_run, spikes, payloads, theta, N, T)
     if dest_cores is None:
         from stft_neuro.hw_targets.loihi2.mapping import map_network
         per_layer: dict[str, int] = {}
@@ -221,7 +235,8 @@ def count_plan_run(plan: Any, spikes: Sequence[np.ndarray], payloads: np.ndarray
         part = _count_plan_chunk(plan, sim, weights, [np.asarray(s[start:stop]) for s in spikes],
                                  payloads[start:stop],
                                  None if theta is None else np.asarray(theta)[start:stop],
-                                 start, dest_cores)
+                                 start, dest_cores,
+                                 None if steps_run is None else steps_run[start:stop])
         result = part if result is None else result.merge(part)
     assert result is not None or N == 0
     if result is None:  # no samples: zero counts of the right shape
@@ -229,12 +244,40 @@ def count_plan_run(plan: Any, spikes: Sequence[np.ndarray], payloads: np.ndarray
                                    np.zeros((0, T, plan.n_in), np.int64), None, 0, dest_cores)
     result.source = "plan"
     result.meta["payload_dead_zone"] = int(getattr(plan, "payload_dead_zone", 0))
+    result.meta["sample_steps"] = int(N * T if steps_run is None else steps_run.sum())
+    if steps_run is not None:
+        result.meta["steps_run"] = steps_run
     return result
 
 
-def _count_plan_chunk(plan, sim, weights, spikes, payloads, theta, offset, dest_cores) -> RunCounts:
+def _check_steps_run(steps_run, spikes, payloads, theta, N: int, T: int) -> np.ndarray:
+    """``steps_run`` as int64 (N,) in 1..T, with the records zero after every sample's exit."""
+    s = np.asarray(steps_run)
+    if s.shape != (N,) or s.dtype.kind not in "iu":
+        raise ReportInputError(f"steps_run has shape {s.shape} and dtype {s.dtype}; expected ({N},) integers")
+    if N and (s.min() < 1 or s.max() > T):
+        raise ReportInputError(f"steps_run must lie in 1..{T} (the steps each sample ran); got "
+                               f"{int(s.min())}..{int(s.max())}")
+    s = s.astype(np.int64)
+    after = np.arange(T)[None, :] >= s[:, None]                                   # (N, T) not run
+    for name, arr in [("payloads", payloads), *((f"spikes_{l + 1}", a) for l, a in enumerate(spikes)),
+                      *([("theta", theta)] if theta is not None else [])]:
+        bad = np.argwhere(np.any(np.asarray(arr)[after] != 0, axis=-1)) if after.any() else np.zeros((0, 1))
+        if len(bad):
+            i = np.argwhere(after)[int(bad[0][0])]
+            raise ReportInputError(f"{name} is nonzero at sample {int(i[0])}, step {int(i[1])}, after the "
+                                   f"{int(s[i[0]])} steps steps_run says the sample ran")
+    return s
+
+
+def _count_plan_chunk(plan, sim, weights, spikes, payloads, theta, offset, dest_cores,
+                      steps_run=None) -> RunCounts:
     N, T = payloads.shape[:2]
     L = plan.num_layers
+    # (N, T) steps each sample ran (early exit); the replay's other steps are not counted
+    ran = (np.ones((N, T), bool) if steps_run is None
+           else np.arange(T)[None, :] < np.asarray(steps_run)[:, None])
+    ran_t = torch.from_numpy(ran)
     x = torch.from_numpy(payloads.astype(np.float32)).transpose(0, 1).contiguous()     # (T, N, n_in)
     th = None if theta is None else torch.from_numpy(theta.astype(np.float64)).transpose(0, 1)
     state = sim.reset(N)
@@ -245,7 +288,7 @@ def _count_plan_chunk(plan, sim, weights, spikes, payloads, theta, offset, dest_
     for t in range(T):
         out, state = sim.run(x[t:t + 1], None if th is None else th[t:t + 1].contiguous(), state)
         for l in range(L):
-            got = out[l][0].numpy().astype(bool)                                      # (N, n)
+            got = out[l][0].numpy().astype(bool) & ran[:, t, None]                    # (N, n)
             want = spikes[l][:, t].astype(bool)
             if not np.array_equal(got, want):
                 bad = np.argwhere(got != want)[0]
@@ -255,9 +298,10 @@ def _count_plan_chunk(plan, sim, weights, spikes, payloads, theta, offset, dest_
                     f"{plan.network.layers[l].name} at sample {offset + int(bad[0])}, step {t}, "
                     f"neuron {int(bad[1])} (records from a different plan?)")
             u, v = state.u[l], state.v[l]
-            changed = (u != prev_u[l]) | (v != prev_v[l])
+            live = ran_t[:, t, None].to(u.device)
+            changed = ((u != prev_u[l]) | (v != prev_v[l])) & live
             active[l, t] = int(changed.sum())
-            nb_mem[l] += u.numel() if t == 0 else int((v != prev_v[l]).sum())
+            nb_mem[l] += int(live.sum()) * u.shape[1] if t == 0 else int(((v != prev_v[l]) & live).sum())
             prev_u[l], prev_v[l] = u.clone(), v.clone()
     layers: dict[str, LayerCounts] = {}
     src_name = "input"
@@ -266,11 +310,12 @@ def _count_plan_chunk(plan, sim, weights, spikes, payloads, theta, offset, dest_
         act = payloads if l == 0 else spikes[l - 1]
         fanout = (w != 0).sum(axis=0)                                                  # (n_in,)
         ev, acs, macs, dense = _synapse_counts(np.asarray(act, dtype=np.int64), fanout, w.shape[0])
+        dense = ran.sum(0).astype(np.int64) * act.shape[2] * w.shape[0]         # the steps run only
         n = layer.n_out
         sp = spikes[l].astype(np.int64).sum(axis=(0, 2)) if N else np.zeros(T, np.int64)
         layers[layer.name] = LayerCounts(
             name=layer.name, kind="Dense+LIF", neurons=n, spiking=True, spikes=sp,
-            active_updates=active[l], inactive_updates=N * n - active[l],
+            active_updates=active[l], inactive_updates=ran.sum(0).astype(np.int64) * n - active[l],
             nb_membrane_updates=int(nb_mem[l]), synaptic_events=ev, acs=acs, macs=macs,
             dense_ops=dense, fan_in=int(w.shape[1]), synapses=int((w != 0).sum()),
             weights=int(w.size), parameters=int(w.size + n), source=src_name,
@@ -282,7 +327,7 @@ def _count_plan_chunk(plan, sim, weights, spikes, payloads, theta, offset, dest_
     return RunCounts(
         samples=N, steps=T, layers=layers,
         payload_messages=(payloads != 0).sum(axis=(0, 2)).astype(np.int64),
-        theta_messages=np.full(T, N * L if dynamic else 0, np.int64),
+        theta_messages=(ran.sum(0).astype(np.int64) * L if dynamic else np.zeros(T, np.int64)),
         theta_nonzero=((theta != 0).sum(axis=(0, 2)).astype(np.int64) if dynamic
                        else np.zeros(T, np.int64)),
         chip_to_host_spikes=np.asarray(to_host, np.int64), dynamic_threshold=dynamic)

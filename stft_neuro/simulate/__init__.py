@@ -105,8 +105,8 @@ import json
 import time
 from typing import Any
 
-from stft_neuro.simulate.resolve import (BACKENDS, CHIP_SOURCES, HOSTS, SAMPLE_SEED, SPLIT_CHOICES, SPLITS,
-                                         SimulateError)
+from stft_neuro.simulate.resolve import (BACKENDS, CHIP_SOURCES, EARLY_EXIT_RUN, HOSTS, SAMPLE_SEED,
+                                         SPLIT_CHOICES, SPLITS, SimulateError)
 from stft_neuro.simulate.write import PLAN_COPY, RECORDS, RESULTS, save_records
 
 __all__ = ["BACKENDS", "CHIP_SOURCES", "HOSTS", "LOCAL_RAY", "PLAN_COPY", "RECORDS", "RESULTS", "SAMPLE_SEED",
@@ -159,6 +159,14 @@ def add_parser(sub: Any) -> None:
                         "existing cluster. Records are identical to a run without --ray")
     p.add_argument("--ray-workers", type=int, metavar="N",
                    help="cores of the local Ray started by --ray (default: all)")
+    p.add_argument("--early-exit", nargs="?", const=EARLY_EXIT_RUN, default=None, metavar="RULE",
+                   help="early exit: a sample stops stepping when its readout is settled, and drops out "
+                        "of the batch. Alone: the training run's rule (RUN/early_exit.json, calibrated "
+                        "on stage-1 validation on first use and stored there); RULE: a rule file. "
+                        "Off by default")
+    p.add_argument("--early-exit-max-drop", type=float, default=None, metavar="HM",
+                   help="calibrating the run's rule: the validation HM points it may lose against "
+                        "running all steps (default 0.5)")
 
 
 def main(args: Any) -> int:
@@ -176,6 +184,8 @@ def main(args: Any) -> int:
                            samples=args.samples, batch=args.batch,
                            out=args.out, force=args.force, overrides=args.overrides,
                            allow_pickle=args.allow_pickle, ray=args.ray, ray_workers=args.ray_workers,
+                           early_exit=getattr(args, "early_exit", None),
+                           early_exit_max_drop=getattr(args, "early_exit_max_drop", None),
                            progress=lambda n, total: (setattr(bar, "total", total), bar.update(n)))
     finally:
         bar.close()
@@ -191,22 +201,27 @@ def simulate(*, bundle: str | None, checkpoint: str | None, backend: str, host: 
              chip_from: str | None = None, split: str = "all", samples: int | None = None, batch: int = 64, out: str,
              force: bool = False, overrides: list[str] | None = None, allow_pickle: bool = False,
              ray: str | None = None, ray_workers: int | None = None,
-             progress: Any = None) -> dict[str, Any]:
+             progress: Any = None, early_exit: str | None = None,
+             early_exit_max_drop: float | None = None) -> dict[str, Any]:
     """Run the simulation and write the output folder atomically; returns results.json's dict.
 
     ``ray``: None runs every batch in this process; an address (``"local"``: a private local Ray,
     ``ray_workers`` cores) shards the batches over Ray workers (:func:`.sharded.run_on_ray`), with the same
     records. ``progress(n_done_now, total)`` is called after each batch (each shard with Ray).
     SIGTERM is turned into ``KeyboardInterrupt`` for the duration (main thread), so the temporary
-    folder and any Lava runtime are always cleaned up."""
+    folder and any Lava runtime are always cleaned up. ``early_exit``: None (off), ``"run"`` (the
+    training run's rule, calibrated on first use with ``early_exit_max_drop`` HM points) or a rule
+    file (:mod:`~stft_neuro.simulate.early_exit`)."""
     from stft_neuro.sim.lava_runtime import sigterm_as_interrupt
     with sigterm_as_interrupt():
         return _simulate(bundle, checkpoint, backend, host, split, samples, batch, out, force,
-                         overrides or [], allow_pickle, ray, ray_workers, progress, chip_from)
+                         overrides or [], allow_pickle, ray, ray_workers, progress, chip_from,
+                         early_exit, early_exit_max_drop)
 
 
 def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, batch, out, force,
-              overrides, allow_pickle, ray_address, ray_workers, progress, chip_from=None) -> dict[str, Any]:
+              overrides, allow_pickle, ray_address, ray_workers, progress, chip_from=None,
+              early_exit=None, early_exit_max_drop=None) -> dict[str, Any]:
     from stft_neuro.simulate import write
     from stft_neuro.simulate.resolve import resolve
     from stft_neuro.simulate.run import is_lava_failure, run_here
@@ -215,7 +230,7 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
     setup = resolve(bundle_dir=bundle_dir, checkpoint=checkpoint, backend=backend_name, host=host_name,
                     split=split, samples=samples, batch=batch, out=out, force=force, overrides=overrides,
                     allow_pickle=allow_pickle, chip_from=chip_from, ray_address=ray_address,
-                    ray_workers=ray_workers)
+                    ray_workers=ray_workers, early_exit=early_exit, early_exit_max_drop=early_exit_max_drop)
     try:
         with write.output_folder(setup.out) as tmp:
             t_loop = time.perf_counter()
@@ -249,4 +264,8 @@ def format_results(r: dict[str, Any]) -> str:
              f"{'per-step bridge cost':<26}{t['bridge_per_step_ms']:>12.2f} ms (whole batch)",
              f"{'samples/s':<26}{t['samples_per_s']:>12.1f}",
              f"{'sample-steps/s':<26}{t['sample_steps_per_s']:>12.1f}"]
+    ee = r.get("early_exit")
+    if ee:
+        lines.append(f"{'early exit':<26}{ee['steps_mean']:>12.2f} steps per sample of {r['num_steps']} "
+                     f"({ee['describe']})")
     return "\n".join(lines)

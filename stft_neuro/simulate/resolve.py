@@ -19,6 +19,8 @@ BACKENDS = ("lava", "reference", "torch")
 HOSTS = ("torch", "onnx")
 CHIP_SOURCES = ("nir", "plan", "netx")
 SAMPLE_SEED = 0
+#: ``--early-exit`` without a file: the training run's own rule (``RUN/early_exit.json``).
+EARLY_EXIT_RUN = "run"
 
 
 class SimulateError(UserError):
@@ -56,6 +58,10 @@ class Setup:
     out: Path
     ray_address: str | None
     ray_workers: int | None
+    #: early exit (``--early-exit``): the rule with what a batch's judge needs, or None (off)
+    exit_setup: Any = None
+    #: where the rule came from (a file path, "calibrated ..."), or None
+    exit_source: str | None = None
 
     @property
     def capacity(self) -> int:
@@ -71,8 +77,22 @@ class Setup:
 
 
 def check_options(*, bundle_dir, checkpoint, backend, host, split, samples, batch, out, force,
-                  chip_from, ray_address, ray_workers) -> None:
+                  chip_from, ray_address, ray_workers, early_exit=None, early_exit_max_drop=None) -> None:
     """The options alone, before anything is loaded (one-line :class:`SimulateError`)."""
+    import math
+    if early_exit_max_drop is not None:
+        if early_exit is None:
+            raise SimulateError("simulate: --early-exit-max-drop calibrates the rule of --early-exit: give "
+                                "--early-exit too")
+        if early_exit != EARLY_EXIT_RUN:
+            raise SimulateError(f"simulate: --early-exit-max-drop calibrates the run's rule; the rule file "
+                                f"{early_exit} is already calibrated (leave out one of the two)")
+        if not math.isfinite(float(early_exit_max_drop)) or float(early_exit_max_drop) < 0:
+            raise SimulateError(f"simulate: --early-exit-max-drop must be a finite number of HM points "
+                                f">= 0, got {early_exit_max_drop}")
+    if early_exit is not None and chip_from == "netx":
+        raise SimulateError("simulate: --early-exit drops finished samples from the batch; --chip-from netx "
+                            "runs one netx Network per sample without that: use --chip-from nir|plan")
     if ray_workers is not None and ray_address is None:
         raise SimulateError("simulate: --ray-workers sizes the local Ray of --ray: give --ray too")
     if ray_address is not None:
@@ -107,11 +127,14 @@ def check_options(*, bundle_dir, checkpoint, backend, host, split, samples, batc
 
 
 def resolve(*, bundle_dir, checkpoint, backend, host, split, samples, batch, out, force, overrides,
-            allow_pickle, chip_from, ray_address, ray_workers) -> Setup:
-    """Check the options, load what the run needs and decide the plan and the samples."""
+            allow_pickle, chip_from, ray_address, ray_workers, early_exit=None,
+            early_exit_max_drop=None) -> Setup:
+    """Check the options, load what the run needs and decide the plan, the samples and the
+    early-exit rule (``early_exit``: None off, :data:`EARLY_EXIT_RUN` the run's, else a file)."""
     check_options(bundle_dir=bundle_dir, checkpoint=checkpoint, backend=backend, host=host, split=split,
                   samples=samples, batch=batch, out=out, force=force, chip_from=chip_from,
-                  ray_address=ray_address, ray_workers=ray_workers)
+                  ray_address=ray_address, ray_workers=ray_workers, early_exit=early_exit,
+                  early_exit_max_drop=early_exit_max_drop)
     bundle, checkpoint, alone = _bundle_and_run(bundle_dir, checkpoint, host, backend)
     if alone:
         model, run_cfg = None, None
@@ -154,11 +177,60 @@ def resolve(*, bundle_dir, checkpoint, backend, host, split, samples, batch, out
     picks = pick_samples(bench, chosen, samples)
     if not picks:
         raise SimulateError(f"simulate: split {split} has no samples")
+    exit_setup, exit_source = None, None
+    if early_exit is not None:
+        rule, exit_source = _exit_rule(early_exit, early_exit_max_drop, checkpoint, alone, model, bench,
+                                       plan, bias)
+        from stft_neuro.simulate.early_exit import ExitSetup
+        exit_setup = ExitSetup(rule=rule, class_emb=class_emb,
+                               candidates=np.arange(class_emb.shape[0], dtype=np.int64),
+                               seen=np.asarray(bench.seen(2), dtype=np.int64), bias=bias,
+                               num_steps=int(plan.num_steps))
     return Setup(backend=backend, host=host, chip_from=chip_from, chip_file=chip_file, bundle=bundle,
                  checkpoint=None if checkpoint is None else str(checkpoint), alone=alone, model=model,
                  cfg=cfg, bench=bench, plan=plan, onnx_host=onnx_host, dynamic=dynamic, bias=bias,
                  class_emb=class_emb, split=split, chosen=chosen, picks=picks, samples=samples,
-                 batch=int(batch), out=Path(out), ray_address=ray_address, ray_workers=ray_workers)
+                 batch=int(batch), out=Path(out), ray_address=ray_address, ray_workers=ray_workers,
+                 exit_setup=exit_setup, exit_source=exit_source)
+
+
+def _exit_rule(early_exit, max_drop, checkpoint, alone, model, bench, plan, bias):
+    """The early-exit rule -> (rule, where it came from). A file: loaded and checked against the
+    plan and ``b`` it was calibrated for. The run's (:data:`EARLY_EXIT_RUN`): ``RUN/early_exit.json``
+    when it was calibrated for this plan, ``b`` and max drop, else calibrated now on stage-1
+    validation (``early_exit.calibrate``; the reference simulator) and stored there."""
+    from stft_neuro.simulate import early_exit as EE
+    if early_exit != EARLY_EXIT_RUN:
+        try:
+            rule = EE.ExitRule.load(early_exit)
+        except EE.EarlyExitError as exc:
+            raise SimulateError(f"simulate --early-exit: {exc}") from None
+        cal = rule.calibration
+        if cal.get("plan_sha256") not in (None, EE.plan_digest(plan)):
+            raise SimulateError(f"simulate --early-exit: {early_exit} was calibrated for another deployment "
+                                "plan than the one this run runs")
+        if cal.get("bias") is not None and float(cal["bias"]) != float(bias):
+            raise SimulateError(f"simulate --early-exit: {early_exit} was calibrated at b = {cal['bias']}, "
+                                f"this run predicts at b = {bias}")
+        return rule, str(early_exit)
+    if alone:
+        raise SimulateError("simulate --early-exit: the run's rule is calibrated on the training run's "
+                            "validation split; give --checkpoint RUN, or the rule file: --early-exit FILE")
+    path = Path(checkpoint) / EE.RULE_FILE
+    drop = EE.DEFAULT_MAX_HM_DROP if max_drop is None else float(max_drop)
+    if path.is_file():
+        try:
+            rule = EE.ExitRule.load(path)
+        except EE.EarlyExitError:
+            rule = None   # unreadable: calibrated again and replaced below
+        if rule is not None:
+            cal = rule.calibration
+            if (cal.get("plan_sha256") == EE.plan_digest(plan) and cal.get("bias") == float(bias)
+                    and cal.get("max_hm_drop") == drop):
+                return rule, str(path)
+    rule = EE.calibrate(model, bench, plan, bias, drop)
+    rule.save(path)
+    return rule, f"{path} (calibrated now)"
 
 
 def pick_samples(bench, chosen, samples: int | None) -> list[tuple[str, int]]:

@@ -53,6 +53,15 @@ class Timed:
             self.steps += 1
             self.sample_steps += int(x_t.shape[0])
 
+    def select_rows(self, state, keep):
+        """Early exit: the inner backend's state of the samples ``keep`` (``closed_loop.select_rows``)."""
+        from stft_neuro.closed_loop import select_rows
+        t0 = time.perf_counter()
+        try:
+            return select_rows(self.inner, state, keep)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
     def run(self, x, theta=None, state=None):
         t0 = time.perf_counter()
         try:
@@ -124,20 +133,26 @@ def batches_of(bench, picks, batch):
 
 
 def run_batches(model, onnx_host, backend, batches: Iterable, dynamic: bool, progress=None,
-                total=None) -> list[dict]:
+                total=None, exit_setup=None) -> list[dict]:
     """Every batch of ``batches`` (``(audio (B, S, Da), visual (B, S, Dv), lengths (B,))``) through
     the host (``onnx_host`` when given, else ``model``) and ``backend``; returns one record dict per
     batch (numpy, sample-major): ``spikes`` [(B, T, n_l) bool], ``theta`` (B, T, L) int32 or None,
     ``payloads`` (B, T, n_in) int16, ``joint`` (B, E) float32, ``rounding`` (the ONNX host with a
-    torch model to compare with: :func:`count_rounding`, else None)."""
+    torch model to compare with: :func:`count_rounding`, else None), ``steps`` (B,) int64 steps
+    each sample ran with early exit (``exit_setup``, an
+    :class:`~stft_neuro.simulate.early_exit.ExitSetup`), else None."""
     parts = []
     for a, v, n in batches:
         rounding = None
         with torch.no_grad():
             if onnx_host is not None:
-                res = onnx_host.run(a.numpy(), v.numpy(), n.numpy(), backend)
+                judge = None if exit_setup is None else exit_setup.judge(_onnx_joint_of(onnx_host, a, v, n),
+                                                                         int(n.shape[0]))
+                res = onnx_host.run(a.numpy(), v.numpy(), n.numpy(), backend, stop=judge)
                 if model is not None:  # a bundle run alone has no torch host to compare with
                     rounding = count_rounding(model, backend.plan, a, v, n, res["record"])
+            elif exit_setup is not None:
+                res = _torch_early_exit(model, a, v, n, backend, exit_setup)
             else:
                 res = model(a, v, n, backend=backend)
             record = res["record"]
@@ -148,10 +163,40 @@ def run_batches(model, onnx_host, backend, batches: Iterable, dynamic: bool, pro
             "theta": (np.rint(record.theta.detach().cpu().double().numpy()).astype(np.int32).transpose(1, 0, 2)
                       if dynamic else None),
             "payloads": np.rint(record.sent.detach().cpu().double().numpy()).astype(np.int16).transpose(1, 0, 2),
-            "joint": joint, "rounding": rounding})
+            "joint": joint, "rounding": rounding,
+            "steps": None if record.steps is None else record.steps.numpy().astype(np.int64)})
         if progress is not None:
             progress(int(n.shape[0]), total)
     return parts
+
+
+def _torch_early_exit(model, a, v, n, backend, exit_setup) -> dict:
+    """``STFT.forward`` in eval mode (transformer, the branch's encode -> closed loop -> readout,
+    ``joint_from``), with the early-exit :class:`~stft_neuro.simulate.early_exit.Judge` as the
+    loop's stop rule: the same operations on the same batch, so the joint of a run whose samples
+    all run T steps is ``forward``'s."""
+    from stft_neuro.closed_loop import closed_loop
+    from stft_neuro.model.host import valid_mask
+
+    br = model.spiking
+    r = model.transformer(a, v, valid_mask(n, a.shape[1]))                       # (B, dim)
+    x, g = br.encode(a, v, n)
+
+    def joint_of(out_spikes, rows):
+        return model.joint_from(r[rows], br.readout(out_spikes)).float().numpy()
+
+    record = closed_loop(br, backend, x, g, stop=exit_setup.judge(joint_of, int(n.shape[0])))
+    return {"record": record, "joint": model.joint_from(r, br.readout(record.spikes[-1]))}
+
+
+def _onnx_joint_of(onnx_host, a, v, n):
+    """The ONNX host's joint embedding of the samples ``rows`` from their last layer's spikes."""
+    an, vn, nn = a.numpy(), v.numpy(), n.numpy()
+
+    def joint_of(out_spikes, rows):
+        r = rows.numpy()
+        return onnx_host.readout(out_spikes.detach().cpu().float().numpy(), an[r], vn[r], nn[r])
+    return joint_of
 
 
 def count_rounding(model, plan, a, v, n, record) -> dict[str, int]:
@@ -159,11 +204,12 @@ def count_rounding(model, plan, a, v, n, record) -> dict[str, int]:
     same features and the same received spikes: the torch host (``model.spiking``) is driven
     through the one closed loop by a :class:`~stft_neuro.closed_loop.Replay` of the ONNX loop's
     spikes. -> ``payload_mismatches``, ``payloads``, ``theta_mismatches``, ``thetas`` (counts)."""
-    from stft_neuro.closed_loop import Replay, closed_loop
+    from stft_neuro.closed_loop import Replay, StopAfter, closed_loop
 
     cur, g = model.spiking.encode(a, v, n)
     spikes = [s.detach().cpu().float() for s in record.spikes]
-    torch_rec = closed_loop(model.spiking, Replay(spikes, plan), cur, g)
+    stop = None if record.steps is None else StopAfter(record.steps)   # early exit: the same schedule
+    torch_rec = closed_loop(model.spiking, Replay(spikes, plan), cur, g, stop=stop)
     x_onnx, x_torch = record.sent.numpy(), torch_rec.sent.numpy()
     counts = {"payload_mismatches": int((x_onnx != x_torch).sum()), "payloads": int(x_torch.size),
               "theta_mismatches": 0, "thetas": 0}
@@ -180,6 +226,7 @@ def run_here(setup, progress=None) -> tuple[list[dict], dict]:
     backend, ``steps`` backend steps, ``lava`` the session's timing or None)."""
     with open_backend(setup.backend, setup.plan, setup.model, setup.capacity, setup.netx_file) as (backend, session):
         parts = run_batches(setup.model, setup.onnx_host, backend, batches_of(setup.bench, setup.picks, setup.batch),
-                            setup.dynamic, progress, len(setup.picks))
+                            setup.dynamic, progress, len(setup.picks), setup.exit_setup)
         lava = dict(vars(session.timing)) if session is not None else None
-    return parts, {"backend_s": backend.seconds, "steps": backend.steps, "lava": lava}
+    return parts, {"backend_s": backend.seconds, "steps": backend.steps, "sample_steps": backend.sample_steps,
+                   "lava": lava}

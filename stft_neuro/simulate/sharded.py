@@ -35,11 +35,12 @@ class ShardJob:
     capacity: int
     dynamic: bool
     onnx_files: dict[str, bytes] | None
+    exit_setup: Any = None
 
     @classmethod
     def of(cls, setup) -> "ShardJob":
         return cls(model=setup.model, plan=setup.plan, backend=setup.backend, capacity=setup.capacity,
-                   dynamic=setup.dynamic, onnx_files=_onnx_files(setup.onnx_host))
+                   dynamic=setup.dynamic, onnx_files=_onnx_files(setup.onnx_host), exit_setup=setup.exit_setup)
 
 
 def _onnx_files(onnx_host) -> dict[str, bytes] | None:
@@ -84,6 +85,7 @@ def run_on_ray(setup, progress=None):
     if job.backend == "lava":
         lava = {k: sum(o["lava"][k] for o in outs) for k in outs[0]["lava"]}
     work = {"backend_s": sum(o["backend_s"] for o in outs), "steps": sum(o["steps"] for o in outs),
+            "sample_steps": sum(o["sample_steps"] for o in outs),
             "shard_s": sum(o["seconds"] for o in outs), "lava": lava}
     info = {"address": setup.ray_address, "workers": ray_desc["workers"], "startup_s": ray_desc["startup_s"],
             "shards": [{"samples": list(r), "seconds": o["seconds"], "node": o["node"], "pid": o["pid"]}
@@ -114,7 +116,7 @@ def shard_task(job: ShardJob, shard) -> dict[str, Any]:
                 (Path(folder) / name).write_bytes(data)
             onnx_host = OnnxHost(folder)
         with open_backend(job.backend, job.plan, job.model, job.capacity) as (backend, session):
-            parts = run_batches(job.model, onnx_host, backend, batches, job.dynamic)
+            parts = run_batches(job.model, onnx_host, backend, batches, job.dynamic, exit_setup=job.exit_setup)
             lava = dict(vars(session.timing)) if session is not None else None
     return {"parts": parts, "seconds": time.perf_counter() - t0, "backend_s": backend.seconds,
-            "steps": backend.steps, "lava": lava, "node": platform.node(), "pid": os.getpid()}
+            "steps": backend.steps, "sample_steps": backend.sample_steps, "lava": lava, "node": platform.node(), "pid": os.getpid()}

@@ -46,6 +46,7 @@ def merge(parts: list[dict], setup) -> dict[str, Any]:
         "sample_index": np.array([i for _, i in picks], dtype=np.int64),
         "split_name": np.array([s for s, _ in picks]),
         "onnx_vs_torch_rounding": rounding,
+        "steps": (np.concatenate([p["steps"] for p in parts]) if parts[0].get("steps") is not None else None),
     }
 
 
@@ -64,6 +65,8 @@ def record_arrays(rec: dict[str, Any], num_layers: int, dynamic: bool) -> dict[s
         arrays["theta"] = rec["theta"]
     arrays.update(payloads=rec["payloads"], labels=rec["labels"], pred=rec["pred"],
                   sample_index=rec["sample_index"], split_name=rec["split_name"])
+    if rec.get("steps") is not None:   # early exit only: without it the file is as before
+        arrays["steps_run"] = rec["steps"].astype(np.int64)
     return arrays
 
 
@@ -86,6 +89,7 @@ def results(setup, rec, arrays, work, ray_info, timings: dict[str, float]) -> di
 
     bundle, plan, total = setup.bundle, setup.plan, len(setup.picks)
     T = int(rec["payloads"].shape[1])
+    sample_steps = int(rec["steps"].sum()) if rec.get("steps") is not None else total * T
     backend_s, loop_s, startup_s = work["backend_s"], timings["loop_s"], timings["startup_s"]
     bridge = work["lava"]
     startup_backend = bridge["build_s"] if bridge else 0.0
@@ -113,19 +117,36 @@ def results(setup, rec, arrays, work, ray_info, timings: dict[str, float]) -> di
             "host_s": (loop_s if ray_info is None else work["shard_s"]) - backend_s,
             "bridge_per_step_ms": 1e3 * (backend_s - startup_backend) / max(1, work["steps"]),
             "steps": work["steps"],
-            "samples_per_s": total / loop_s, "sample_steps_per_s": total * T / loop_s,
+            "samples_per_s": total / loop_s, "sample_steps_per_s": sample_steps / loop_s,
             "lava": bridge,
         },
         "ray": ray_info,
         "onnx_vs_torch_rounding": rec["onnx_vs_torch_rounding"],
+        "early_exit": early_exit_results(setup, rec, T),
         "record_format": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
     }
+
+
+def early_exit_results(setup, rec, T: int) -> dict[str, Any] | None:
+    """results.json's ``early_exit``: None when off; else the rule (as stored), where it came from,
+    the steps run (mean, histogram, sample-steps) and the per-step predictions the host made."""
+    if setup.exit_setup is None:
+        return None
+    from stft_neuro.simulate.early_exit import judged_steps, steps_histogram
+    rule, steps = setup.exit_setup.rule, rec["steps"]
+    return {"rule": rule.to_dict(), "describe": rule.describe(), "source": setup.exit_source,
+            "steps_mean": float(steps.mean()), "sample_steps": int(steps.sum()),
+            "sample_steps_full": int(steps.size * T), "steps_histogram": steps_histogram(steps),
+            "judged_steps": int(judged_steps(steps, rule.min_steps, T).sum())}
 
 
 def write(folder: Path, setup, arrays: dict[str, np.ndarray], results_dict: dict[str, Any]) -> None:
     """``records.npz``, ``plan.safetensors`` and ``results.json`` into ``folder``."""
     save_records(folder / RECORDS, arrays)
     setup.plan.save(folder / PLAN_COPY)
+    if setup.exit_setup is not None:
+        from stft_neuro.simulate.early_exit import RULE_FILE
+        setup.exit_setup.rule.save(folder / RULE_FILE)
     (folder / RESULTS).write_text(json.dumps(results_dict, indent=2, default=json_default) + "\n")
 
 
