@@ -1,8 +1,13 @@
 """Fewer steps (issue 17, part 3), *measured offline*: what a per-sample early exit would give.
 
-Not the early exit itself (that belongs in the hybrid loop, ``stft_neuro/simulate.py``, with
-finished samples dropping out of the batch); this measures its potential on a trained (QAT) run,
-on the reference simulator, with the host's own readout:
+Two measurements. ``--hybrid``: the early exit itself, in the hybrid loop (``stft-neuro simulate
+--early-exit``: the run's rule calibrated on stage-1 validation, finished samples dropping out of
+the batch), against the same run without it: ``simulate`` on the reference simulator over the whole
+stage-2 test split and on Lava over a subset (``--lava-samples`` per split), each followed by
+``stft-neuro report`` (chip energy per sample counted over the steps that ran, HM, mean steps).
+
+Without ``--hybrid``: its potential, *offline*, on a trained (QAT) run, on the reference simulator,
+with the host's own readout:
 
 - Every sample runs all ``T`` steps closed loop (the spikes of step ``t`` do not depend on later
   steps, so the first ``n`` steps of a full run are exactly what a run stopped after ``n`` steps
@@ -23,6 +28,7 @@ on the reference simulator, with the host's own readout:
   for every sample for comparison.
 
 Usage: ``OMP_NUM_THREADS=1 python bench/bench_early_exit.py RUN --out bench/results/early_exit.json``
+(offline), ``... RUN --hybrid --out bench/results/early_exit_hybrid.json`` (the loop).
 """
 from __future__ import annotations
 
@@ -129,13 +135,61 @@ def energy_steps(plan, x, spikes, theta, steps: np.ndarray) -> float:
     return total / len(steps)
 
 
+def hybrid(run: str, lava_samples: int, max_drop: float | None, scratch: Path) -> dict:
+    """``simulate`` with and without ``--early-exit`` (reference: every test sample; Lava:
+    ``lava_samples`` per split), each reported -> one row per run."""
+    from stft_neuro.report.cli import report_run_folder
+    from stft_neuro.simulate import simulate
+
+    rows = []
+    for backend, samples in (("reference", None), ("lava", lava_samples)):
+        for early in (False, True):
+            out = scratch / f"{backend}_{'early' if early else 'full'}"
+            t0 = time.perf_counter()
+            res = simulate(bundle=None, checkpoint=run, backend=backend, samples=samples, out=str(out),
+                           force=True, early_exit="run" if early else None,
+                           early_exit_max_drop=max_drop if early else None)
+            wall = time.perf_counter() - t0
+            rep, _ = report_run_folder(out)
+            e = rep["energy"]
+            ee = res["early_exit"] or {}
+            rows.append({"backend": backend, "early_exit": early, "samples": res["samples"],
+                         "rule": ee.get("describe"), "rule_source": ee.get("source"),
+                         "steps_mean": ee.get("steps_mean", float(res["num_steps"])),
+                         "steps_histogram": ee.get("steps_histogram"),
+                         "S": res["metrics"]["S"], "U": res["metrics"]["U"], "HM": res["metrics"]["HM"],
+                         "chip_uj": e["chip"] / 1e6, "host_uj": None if e["host"] is None else e["host"] / 1e6,
+                         "host_early_exit_uj": (rep["host"]["components"].get("early_exit", {}).get("macs", 0)
+                                                * CONSTANTS_MAC_PJ / 1e6),
+                         "ann_uj": e["ann_all_on_host"]["spiking_branch_as_ann"] / 1e6,
+                         "hybrid_uj": e["hybrid_total"] / 1e6, "wall_s": wall,
+                         "loop_s": res["timings"]["loop_s"]})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows}
+
+
+CONSTANTS_MAC_PJ = 4.6   # report/energy.py host_fp32_mac_pj (Horowitz 2014)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run")
     p.add_argument("--out", default=None)
     p.add_argument("--dead-zone", type=int, default=0, help="the plan's payload dead zone")
+    p.add_argument("--hybrid", action="store_true", help="the early exit in the hybrid loop (simulate)")
+    p.add_argument("--lava-samples", type=int, default=20, help="--hybrid: Lava samples per split")
+    p.add_argument("--max-drop", type=float, default=None, help="--hybrid: --early-exit-max-drop")
+    p.add_argument("--scratch", default="/tmp/bench_early_exit", help="--hybrid: where simulate writes")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.hybrid:
+        t0 = time.time()
+        out = {"run": str(args.run), "cpu": cpu_name(), "torch_threads": 1, "estimate": True,
+               **hybrid(args.run, args.lava_samples, args.max_drop, Path(args.scratch)),
+               "wall_s": time.time() - t0}
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        return
     t0 = time.time()
     model, cfg, meta = load_run(args.run)
     model.eval()
