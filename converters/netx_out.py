@@ -45,7 +45,7 @@ The format, as netx reads it (paths below relative to ``site-packages/lava``; ``
   the root attribute ``stft_neuro.input_message_bits``; netx reads only ``/layer`` (H l.570).
 
 Timing: the netx network is exactly the chain ``Dense_0 -> LIF_0 -> ... -> LIF_{L-1}`` of
-``sim/lava_runner.py``: no extra process or delay (the block processes are sub-process models that
+``sim/lava_session.py``: no extra process or delay (the block processes are sub-process models that
 Lava flattens, ``blocks/models.py``). Each Dense delivers one step late (D l.93-96), so the payload
 sent at step ``t`` reaches LIF_l's ``u`` at step ``t + l + 1``, exactly as in the plan and the
 reference simulator: :func:`run_netx`'s output step ``t`` is the reference's last-layer step ``t``.
@@ -435,9 +435,9 @@ def _run_netx_sample_layers(path: Path, x: np.ndarray, bits: int) -> list[np.nda
     it is connected to, so the network itself is unchanged."""
     from lava.lib.dl.netx import hdf5
 
-    from stft_neuro.sim.lava_runner import _lava
+    from stft_neuro.sim.lava_runtime import LavaRuntime, load
 
-    lv = _lava()  # Injector with an int32 model (fixed_pt Dense needs integer payloads), Extractor
+    lv = vars(load())  # Injector with an int32 model (fixed_pt Dense needs integer payloads), Extractor
     steps = x.shape[0]
     net = hdf5.Network(net_config=str(path), input_message_bits=bits)
     try:
@@ -451,29 +451,12 @@ def _run_netx_sample_layers(path: Path, x: np.ndarray, bits: int) -> list[np.nda
         cfg = lv["Loihi2SimCfg"](select_tag="fixed_pt", exception_proc_model_map={
             lv["Injector"]: lv["IntInjectorModel"], lv["Extractor"]: lv["PyLoihiExtractorModel"]})
         outs = [np.zeros((steps, int(np.prod(layer.out.shape))), dtype=np.float32) for layer in net.layers]
-        sent = received = 0
-        try:
-            net.run(condition=lv["RunSteps"](num_steps=steps, blocking=False), run_cfg=cfg)
+        # the one Lava life cycle (sim/lava_runtime.py): drained and stopped on every path
+        with LavaRuntime(net, cfg, [injector], extractors) as runtime:
+            runtime.run_steps(steps)
             for t in range(steps):
-                injector.send(x[t].astype(np.float64))
-                sent += 1
-                for out, ext in zip(outs, extractors):
-                    out[t] = ext.receive()
-                received += 1
-            net.wait()
-        finally:
-            runtime = getattr(net, "runtime", None)
-            if runtime is not None:
-                try:
-                    if getattr(runtime, "_is_running", False):
-                        for _ in range(steps - sent):
-                            injector.send(np.zeros(injector.out_port.shape))
-                        for _ in range(steps - received):
-                            for ext in extractors:
-                                ext.receive()
-                        net.wait()
-                finally:
-                    net.stop()
+                for out, got in zip(outs, runtime.step([x[t].astype(np.float64)])):
+                    out[t] = got
     finally:
         net.net_config.f.close()  # netx keeps the HDF5 file open (H l.78, U l.43)
     return outs

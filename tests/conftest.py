@@ -16,9 +16,9 @@ REQUIRE_LAVA = os.environ.get("STFT_NEURO_REQUIRE_LAVA") == "1"
 
 
 def _lava_problem() -> str | None:
-    from stft_neuro.sim.lava_runner import LavaUnavailableError, _lava
+    from stft_neuro.sim.lava_runtime import LavaUnavailableError, load
     try:
-        _lava()
+        load()
     except LavaUnavailableError as exc:
         return str(exc)
     return None
@@ -28,7 +28,7 @@ def pytest_configure(config):
     """Import Lava (when it imports) before any test runs: Lava sets multiprocessing's start method
     at import and fails ("context has already been set") if something fixed it first, e.g. a
     training run's DataLoader or NeuroBench's tqdm lock in an earlier test of the same session."""
-    from stft_neuro.sim.lava_runner import lava_available
+    from stft_neuro.sim.lava_runtime import lava_available
     lava_available()  # False: the Lava tests are then skipped or failed by _lava_policy
 
 

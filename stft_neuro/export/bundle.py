@@ -107,7 +107,7 @@ def bridge_description(plan: DeploymentPlan, dynamic_threshold: bool) -> dict:
         per_step["host_to_chip"].append(
             {"name": "theta", "shape": ["B", plan.num_layers], "dtype": "int32",
              "port": "threshold modulation of every LIF (not expressible in NIR or netx: the "
-                     "project's ThetaLIF in Lava, sim/lava_runner.py)",
+                     "project's ThetaLIF in Lava, sim/lava_procs.py)",
              "units": "threshold-mantissa offset: layer l spikes where v > (vth_l + theta_l) << 6; "
                       "host cue (threshold units) x threshold_scales[l], rounded (plan.theta_to_chip)",
              "range": [list(r) for r in plan.theta_range],
