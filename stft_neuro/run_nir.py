@@ -209,6 +209,7 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
     from stft_neuro.converters.nir_lava import LavaMappingError, lower, to_float_layers
     from stft_neuro.converters.nir_out import NIR_FORMAT, plan_from_nir
     from stft_neuro.hw_targets.loihi2 import quantize as Q
+    from stft_neuro.hw_targets.loihi2.network import PayloadRange
 
     t0 = time.perf_counter()
     x = x.reshape(x.shape[0], x.shape[1], -1)  # (B, T, n_in): the plan's input is flat
@@ -226,28 +227,57 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
     else:
         try:
             layers = to_float_layers(lplan)
-        except LavaMappingError as exc:
-            raise UserError(f"{file}: --fixed-point needs a plain Affine -> LIF chain: {exc}") from None
+        except LavaMappingError:
+            layers = None  # not a plain chain of one profile per layer: the graph path below
         ref = float(np.percentile(np.abs(x), 99.9)) if x.size else 0.0
         scale = Q.input_scale_for(ref, input_bits)
-        plan, report = Q.plan_from_float(layers, scale, input_bits, num_steps=x.shape[1], dt=dt)
         xt = torch.from_numpy(x).to(torch.float32)
-        payloads = plan.encode_input(xt)
-        lo, hi = plan.payload_range
+        lo, hi = PayloadRange.for_message_bits(input_bits)
         raw = torch.round(xt.double() / scale)
-        info["plan"] = "quantized by the project's quantizer"
-        info["quantization"] = {
-            "input_bits": input_bits, "input_scale": scale,
-            "payloads_saturated": int(((raw < lo) | (raw > hi)).sum()), "payloads": int(raw.numel()),
-            "weights_saturated": report.weights_saturated,
-            "layers": [{"name": i.name, "weights_saturated": i.weights_saturated,
-                        "weights_zeroed": i.weights_zeroed, "bias_saturated": i.bias_saturated,
-                        "vth": i.vth, "weight_exp": i.scales.weight_exp} for i in report.layers]}
+        info["quantization"] = {"input_bits": input_bits, "input_scale": scale,
+                                "payloads_saturated": int(((raw < lo) | (raw > hi)).sum()),
+                                "payloads": int(raw.numel())}
+        if layers is not None:
+            plan, report = Q.plan_from_float(layers, scale, input_bits, num_steps=x.shape[1], dt=dt)
+            payloads = plan.encode_input(xt)
+            info["plan"] = "quantized by the project's quantizer"
+            info["quantization"].update(
+                weights_saturated=report.weights_saturated,
+                layers=[{"name": i.name, "weights_saturated": i.weights_saturated,
+                         "weights_zeroed": i.weights_zeroed, "bias_saturated": i.bias_saturated,
+                         "vth": i.vth, "weight_exp": i.scales.weight_exp} for i in report.layers])
+        else:
+            from stft_neuro.converters.nir_fixed import quantize_graph
+            try:
+                fgraph, greport = quantize_graph(lplan, scale, input_bits)
+            except LavaMappingError as exc:
+                raise UserError(f"{file}: cannot run in fixed point: {exc}") from None
+            plan = None
+            payloads = raw.clamp(lo, hi).to(torch.float32)
+            info["plan"] = ("quantized by the project's quantizer as a graph: "
+                            f"{len(fgraph.populations)} populations, {len(fgraph.projections)} Dense")
+            info["quantization"].update(
+                weights_saturated=sum(q.weights_saturated for q in greport),
+                layers=[q.as_dict() for q in greport])
     depth = [int(st.depth) for st in lplan.stages]
     extra = max(depth)
     B, T = payloads.shape[0], payloads.shape[1]
     xin = torch.cat([payloads, payloads.new_zeros(B, extra, payloads.shape[2])], 1).transpose(0, 1)
-    if backend == "reference":
+    if plan is None:
+        from stft_neuro.converters import nir_fixed as F
+        if backend == "lava":
+            from stft_neuro.sim.lava_runtime import LavaUnavailableError
+            runner = F.LavaFixedRunner(fgraph)
+            try:
+                res = runner.run(xin.contiguous())
+            except LavaUnavailableError as exc:
+                raise UserError(f"--backend lava: {exc}") from None
+            info["lava"] = {"build_s": runner.timing.build_s, "steps_s": runner.timing.steps_s,
+                            "networks": 1}
+        else:
+            res = (F.run_reference if backend == "reference" else F.run_definition)(fgraph, xin)
+        spikes = [res[st.name] for st in lplan.stages]
+    elif backend == "reference":
         from stft_neuro.sim.reference import ReferenceSimulator
         spikes, _ = ReferenceSimulator(plan).run(xin.contiguous())
     elif backend == "lava":
@@ -316,6 +346,9 @@ def main(args: argparse.Namespace) -> int:
         from stft_neuro.report.cli import report_graph_run, report_plan_run
         src = {"kind": "run-nir", "file": str(args.file), "backend": args.backend,
                "fixed_point": fixed, "output_node": output}
+        if fixed and ran["plan"] is None:
+            raise UserError("--report in fixed point counts plain chains (one profile per layer); "
+                            f"{args.file} runs as a graph: `stft-neuro deploy` reports it")
         if fixed:
             report_plan_run(ran["plan"], ran["payloads"], ran["spikes"], ran["names"], args.report,
                             args.constants, src)

@@ -167,7 +167,8 @@ def _recurrent_graph():
 
 @pytest.mark.parametrize("make, flag, words, code", [
     (good_graph, ["--fixed-point", "--input-bits", "9"], "--input-bits must be 2..8", 2),
-    (_recurrent_graph, ["--backend", "reference"], "plain Affine -> LIF chain", 1)])
+    (lambda: good_graph(v_reset=np.full(4, 0.2)), ["--backend", "reference"],
+     "cannot run in fixed point: node 'lif' (LIF): v_reset must be 0", 1)])
 def test_fixed_point_refusals_are_one_line(tmp_path, capsys, make, flag, words, code):
     nir_path = _write(tmp_path / "g.nir", make())
     np.save(tmp_path / "x.npy", np.ones((5, 3)))

@@ -195,3 +195,110 @@ class FixedPointNetwork:
     def sizes(self) -> tuple[int, ...]:
         """``(n_in, n_1, ..., n_L)``."""
         return (self.n_in, *(layer.n_out for layer in self.layers))
+
+
+# ------------------------------------------------------------------------------------------------
+# Any graph: populations and the Dense projections between them
+
+
+#: The graph input's name as a projection source (the host's graded payloads).
+GRAPH_INPUT: str = "input"
+
+
+@dataclass(frozen=True)
+class Population:
+    """One Lava ``LIF`` process: neurons of one graph layer that share ``du``, ``dv`` and ``vth``.
+
+    Lava's fixed-point LIF holds one ``du``, ``dv``, ``vth`` (and ``bias_exp``) per process and a
+    bias mantissa per neuron (``lava/proc/lif/process.py``), so a layer whose neurons differ in
+    those is split into one population per distinct integer profile ``(du, dv, vth)``.
+
+    Attributes:
+        name: ``"<layer>"`` for a single-profile layer, else ``"<layer>#<k>"``.
+        layer: the graph layer (NIR neuron node) it belongs to.
+        index: ``(n,)`` positions of its neurons in the layer's flat output (ascending).
+        du, dv, vth, bias_exp: as :class:`FixedPointLayer`.
+        bias_mant: ``(n,)`` bias mantissas (13-bit signed), added to v from Lava step 0.
+    """
+
+    name: str
+    layer: str
+    index: np.ndarray
+    du: int
+    dv: int
+    vth: int
+    bias_mant: np.ndarray
+    bias_exp: int
+
+    @property
+    def n(self) -> int:
+        return int(self.index.size)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One Lava ``Dense``/``Sparse`` process from a source to a :class:`Population`.
+
+    ``src`` is a population name, :data:`GRAPH_INPUT` (the host's graded payloads, ``(n_in,)``)
+    or ``"bias:<layer>@<step>"`` (a constant 1 from the layer's reference step ``step`` on: a
+    bias into the synaptic current ``u``). ``weight`` ``(n_dst, n_src)`` holds the integers Lava
+    computes with (Lava-effective for this projection's own sign mode). Every projection delivers
+    one step late (Lava's ``a_buff``); one whose source is its destination's own layer is a
+    recurrent connection (snnTorch's ``RLeaky``: the previous step's spikes).
+    """
+
+    src: str
+    dst: str
+    weight: np.ndarray
+    weight_exp: int
+    num_message_bits: int = 0
+
+    def as_layer(self, dst: Population) -> FixedPointLayer:
+        """This Dense and its destination as a :class:`FixedPointLayer` (for its bounds and the
+        per-layer design rules)."""
+        return FixedPointLayer(name=f"{self.src}->{self.dst}", weight=self.weight,
+                               weight_exp=self.weight_exp, du=dst.du, dv=dst.dv, vth=dst.vth,
+                               bias_mant=dst.bias_mant, bias_exp=dst.bias_exp,
+                               num_message_bits=self.num_message_bits)
+
+
+@dataclass(frozen=True)
+class FixedPointGraph:
+    """A spiking graph in Lava fixed_pt units: populations, and Dense projections between them.
+
+    ``layers`` maps each graph layer (NIR neuron node, in computation order) to its flat size;
+    ``depth`` gives the Lava steps between input time and the layer's time (a layer at depth ``d``
+    computes reference step ``t`` at Lava step ``t + d``); ``bias_inputs`` lists the constant
+    sources ``"bias:<layer>@<step>"``: source ``k`` sends 1 from Lava step ``depth + step - 1`` on
+    (so its projection delivers from the layer's reference step ``step``). The host sends the
+    graded payloads ``(n_in,)`` at each Lava step.
+    """
+
+    n_in: int
+    input_bits: int
+    layers: tuple[tuple[str, int], ...]
+    depth: tuple[tuple[str, int], ...]
+    populations: tuple[Population, ...]
+    projections: tuple[Projection, ...]
+    bias_inputs: tuple[str, ...] = ()
+
+    def population(self, name: str) -> Population:
+        for p in self.populations:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def of_layer(self, layer: str) -> tuple[Population, ...]:
+        return tuple(p for p in self.populations if p.layer == layer)
+
+    def source_size(self, src: str) -> int:
+        if src == GRAPH_INPUT:
+            return self.n_in
+        if src.startswith("bias:"):
+            return 1
+        return self.population(src).n
+
+    def bias_start(self, src: str) -> int:
+        """Lava step from which the constant source ``src`` sends 1 (see the class doc)."""
+        layer, step = src[len("bias:"):].rsplit("@", 1)
+        return dict(self.depth)[layer] + int(step) - 1
