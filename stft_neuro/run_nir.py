@@ -48,10 +48,13 @@ and runs in Lava's fixed_pt arithmetic: on "reference" (the project's bit-exact 
 (Lava fixed_pt) or "torch" (the arithmetic's definition in torch); all three give the same spikes.
 A graph exported by stft-neuro carries its exact integer parameters and is run as written; its
 input is then the graded payload in Loihi units (integers in the plan's payload range). Any other
-graph must be a chain Affine/Linear [-> Delay] -> LIF/CubaLIF/IF (one du, dv, threshold per layer)
-and is quantized by the project's one quantizer: the 99.9th percentile of |input| maps to the
-largest --input-bits payload. The report says what saturated and how far the fixed-point output is
-from the float run of the same graph.
+graph that the lava backend runs is quantized by the project's one quantizer (the 99.9th
+percentile of |input| maps to the largest --input-bits payload): a plain chain with one du, dv and
+threshold per layer as the STFT plan; anything else (per-neuron parameters, recurrence, biases into
+a synaptic current, convolutions) as a graph of populations, one Lava LIF per quantized (du, dv,
+vth) profile, at most 8 profiles per layer (converters/nir_fixed.py). The report says what
+saturated and how far the fixed-point output is from the float run of the same graph. --report in
+fixed point counts plain chains only.
 """
 
 EXAMPLES = """\
