@@ -2,7 +2,7 @@
 
 The spiking branch of STFT is a stack of ``Dense -> LIF`` layers. Quantization turns the trained
 float layers into :class:`FixedPointNetwork`; the torch deploy mode, the reference simulator
-(``stft_neuro.sim.reference``) and the Lava runner (``stft_neuro.sim.lava_runner``) all consume it,
+(``stft_neuro.sim.reference``) and the Lava session (``stft_neuro.sim.lava_session``) all consume it,
 and the design rules (``rules.py``) and core mapping (``mapping.py``) check it.
 
 Units are Lava's ``fixed_pt`` process parameters (``lava.proc.dense.process.Dense`` and
