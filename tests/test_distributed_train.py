@@ -96,6 +96,7 @@ def test_two_processes_follow_one_process(tmp_path) -> None:
         assert results[1][part] == pytest.approx(results[0][part], rel=REL_TOL)
 
 
+@pytest.mark.slow  # two interrupted 2-process runs (about 13 s): `make test-slow`
 def test_interrupted_two_process_run_resumes_exactly(tmp_path) -> None:
     straight, run = tmp_path / "straight", tmp_path / "interrupted"
     _run("train", "--nproc", "2", "--json", "--out", str(straight), *_sets(LONG))

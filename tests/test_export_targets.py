@@ -67,7 +67,8 @@ def bundles(runs, tmp_path_factory):
     return _Bundles(runs, tmp_path_factory.mktemp("bundles18"))
 
 
-@pytest.mark.parametrize("target", ["lava", "nir", "onnx", "all"])
+# the ONNX-only export (seconds each) is also inside "all": its own case runs with `make test-slow`
+@pytest.mark.parametrize("target", ["lava", "nir", pytest.param("onnx", marks=pytest.mark.slow), "all"])
 @pytest.mark.parametrize("name", ["run", "qat"])
 def test_every_target_exports_from_default_runs_and_says_which_plan_each_file_carries(bundles, name, target):
     path = bundles[name, target]
