@@ -85,17 +85,15 @@ from stft_neuro.hw_targets.errors import ChipInputError
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from stft_neuro.hw_targets.loihi2.weights import lava_effective_weights
 from stft_neuro.sim.lava_runtime import (LavaRuntime, LavaRuntimeError, LavaTiming,
-                                         LavaUnavailableError, load, must_force, on_sigterm)
+                                         LavaUnavailableError, load, must_force)
 
 __all__ = ["LavaSession", "SessionState", "LavaSessionError", "SessionTiming", "block_diagonal",
-           "on_sigterm", "LavaUnavailableError"]
+           "LavaUnavailableError"]
 
 #: The session's failures are the runtime's (a process model died or failed, a step timed out).
 LavaSessionError = LavaRuntimeError
 #: The session's timing is the runtime's :class:`~stft_neuro.sim.lava_runtime.LavaTiming`.
 SessionTiming = LavaTiming
-#: The loader (``stft_neuro.simulate`` imports it from here): :func:`stft_neuro.sim.lava_runtime.load`.
-_lava = load
 
 
 class SessionState(NamedTuple):

@@ -42,6 +42,19 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def check_fits(bench: Any, meta: dict, where: Any) -> None:
+    """Refuse (one-line :class:`CheckpointError` naming ``where``) a benchmark whose feature widths
+    or class count differ from those the checkpoint (``meta``) was trained on."""
+    for what, got, want in (("audio", bench.audio_dim, meta["audio_dim"]),
+                            ("visual", bench.visual_dim, meta["visual_dim"])):
+        if got != want:
+            raise CheckpointError(f"{where}: model expects {what} features of width {want}, "
+                                  f"the benchmark has {got}")
+    if len(bench.class_names) != len(meta["class_names"]):
+        raise CheckpointError(f"{where}: trained on {len(meta['class_names'])} classes, "
+                              f"the benchmark has {len(bench.class_names)}")
+
+
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp),

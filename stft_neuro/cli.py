@@ -481,7 +481,7 @@ def cmd_resources(args) -> int:
 
 def cmd_eval(args) -> int:
     from stft_neuro import config as config_mod
-    from stft_neuro.checkpoint import load_run
+    from stft_neuro.checkpoint import check_fits, load_run
     from stft_neuro.data import load_benchmark
     from stft_neuro.errors import CheckpointError
     from stft_neuro.train import evaluate_split_pair, resolve_device
@@ -490,15 +490,7 @@ def cmd_eval(args) -> int:
         raise CheckpointError("eval: only [data] keys can be overridden (the model is the checkpoint's)")
     cfg = _with_pickle(config_mod.load(overrides=args.overrides, base=cfg), args)
     bench = load_benchmark(cfg.data)
-    split = bench.splits["stage_2_test_seen"]
-    for what, got, want in (("audio", split.audio.shape[-1], meta["audio_dim"]),
-                            ("visual", split.visual.shape[-1], meta["visual_dim"])):
-        if got != want:
-            raise CheckpointError(f"{args.checkpoint}: model expects {what} features of width {want}, "
-                                  f"the benchmark has {got}")
-    if len(bench.class_names) != len(meta["class_names"]):
-        raise CheckpointError(f"{args.checkpoint}: trained on {len(meta['class_names'])} classes, "
-                              f"the benchmark has {len(bench.class_names)}")
+    check_fits(bench, meta, args.checkpoint)
     device = resolve_device(cfg.train.device)
     bias = float(meta["progress"]["best_bias"])
     backend = None

@@ -29,12 +29,6 @@ from stft_neuro.simulate.early_exit import ExitRule, choose_rule, exit_steps, ju
 
 from test_cli import TINY, _sets
 
-try:  # import Lava before the fixture's training run fixes multiprocessing's start method
-    from stft_neuro.sim.lava_session import _lava
-
-    _lava()
-except ImportError:
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,6 @@ from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
 from test_cli import TINY, _sets
 from test_lava_session import _shm
 
-try:  # import Lava before the fixture's training run fixes multiprocessing's start method
-    from stft_neuro.sim.lava_session import _lava
-
-    _lava()
-except ImportError:
-    pass  # the Lava tests are then skipped (or fail) by conftest's policy
-
 RECORD_KEYS = {"spikes_1", "spikes_2", "theta", "payloads", "labels", "pred", "sample_index", "split_name"}
 #: The keys a backend can change: the spikes it computes, and through the closed loop the thetas
 #: and the predictions. The others (payloads, labels, sample_index, split_name) are the host's or

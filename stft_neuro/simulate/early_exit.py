@@ -40,8 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -124,17 +122,10 @@ class ExitRule:
             raise EarlyExitError(f"{where}: {exc}") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write the rule as JSON atomically (a temporary sibling renamed into place)."""
+        """Write the rule as JSON atomically (``checkpoint.atomic_write_text``)."""
+        from stft_neuro.checkpoint import atomic_write_text
         p = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
         return p
 
     @classmethod

@@ -143,7 +143,8 @@ def resolve(*, bundle_dir, checkpoint, backend, host, split, samples, batch, out
         model, run_cfg, cfg, meta = _load_model(checkpoint, overrides, allow_pickle)
     from stft_neuro.data import load_benchmark
     bench = load_benchmark(cfg.data)
-    _check_widths(bench, meta, bundle_dir if alone else checkpoint)
+    from stft_neuro.checkpoint import check_fits
+    check_fits(bench, meta, bundle_dir if alone else checkpoint)
 
     plan = None
     if bundle is None or host == "torch" or backend == "torch":
@@ -310,18 +311,6 @@ def _bundle_run(bundle, overrides, allow_pickle):
     meta = {"audio_dim": run["audio_dim"], "visual_dim": run["visual_dim"],
             "class_names": run["class_names"], "progress": {"best_bias": run["calibration_bias"]}}
     return cfg, meta
-
-
-def _check_widths(bench, meta, where) -> None:
-    from stft_neuro.errors import CheckpointError
-    for what, got, want in (("audio", bench.audio_dim, meta["audio_dim"]),
-                            ("visual", bench.visual_dim, meta["visual_dim"])):
-        if got != want:
-            raise CheckpointError(f"{where}: model expects {what} features of width {want}, "
-                                  f"the benchmark has {got}")
-    if len(bench.class_names) != len(meta["class_names"]):
-        raise CheckpointError(f"{where}: trained on {len(meta['class_names'])} classes, "
-                              f"the benchmark has {len(bench.class_names)}")
 
 
 def _model_plan(model, meta, checkpoint, bench, run_cfg, overrides, allow_pickle):
