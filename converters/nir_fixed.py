@@ -81,6 +81,9 @@ class LayerQuant:
     weights_zeroed: int
     weights_changed_by_sign_mode: int   # -256 in a one-signed Dense becomes -255 (Lava's rule)
     bias_saturated: int
+    du_clipped: int                     # neurons whose 4096 du - 1 left [0, 4095] (clipped)
+    dv_clipped: int
+    vth_clipped: int                    # thresholds above VTH_MAX after scaling (clipped)
     vth_range: tuple[int, int]
     du_values: tuple[int, ...]
     dv_values: tuple[int, ...]
@@ -94,12 +97,16 @@ class LayerQuant:
 
 
 def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
-                   threshold_headroom_bits: int = 2) -> tuple[FixedPointGraph, list[LayerQuant]]:
+                   threshold_headroom_bits: int = 2,
+                   max_profiles: int | None = MAX_PROFILES_PER_LAYER
+                   ) -> tuple[FixedPointGraph, list[LayerQuant]]:
     """``lplan`` (float, from ``nir_lava.lower``) -> the fixed-point graph and per-layer report.
 
     ``input_scale``: float value of one payload unit of the host input (``quantize.input_scale_for``);
     ``input_bits``: graded payload bits. Raises :class:`LavaMappingError` naming the node for what
-    Lava's fixed-point processes cannot express."""
+    Lava's fixed-point processes cannot express, and for a layer of more than ``max_profiles``
+    profiles (``None``: no limit here; ``stft-neuro deploy`` checks it with the other design rules
+    and lists every violation at once)."""
     pmax_in = PayloadRange.for_message_bits(input_bits).abs_max
     by_dst: dict[str, list] = {}
     for c in lplan.connections:
@@ -136,16 +143,19 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
         lo, hi, _ = Q.weight_range(mode)
         du = np.array([Q.decay_to_int(float(a), 0.0)[0] for a in st.du], dtype=np.int64)
         dv = np.array([Q.decay_to_int(0.0, float(a))[1] for a in st.dv], dtype=np.int64)
-        vth = np.clip(np.round(st.vth * S / 2 ** C.VTH_SHIFT), 0, C.VTH_MAX).astype(np.int64)
+        du_raw = np.round(np.asarray(st.du, np.float64) * C.DECAY_UNITY) - C.DS_OFFSET
+        dv_raw = np.round(np.asarray(st.dv, np.float64) * C.DECAY_UNITY) - C.DM_OFFSET
+        vth_raw = np.round(st.vth * S / 2 ** C.VTH_SHIFT)
+        vth = np.clip(vth_raw, 0, C.VTH_MAX).astype(np.int64)
         v_bias = st.bias_mant if st.depth == 0 else st.leak
         bias_mant, bias_exp, bias_sat = Q._bias_to_int(np.asarray(v_bias, np.float64) * S)
         profiles, which = np.unique(np.stack([du, dv, vth], 1), axis=0, return_inverse=True)
         which = which.reshape(-1)
-        if len(profiles) > MAX_PROFILES_PER_LAYER:
+        if max_profiles is not None and len(profiles) > max_profiles:
             raise LavaMappingError(
                 f"node {st.name!r}: its {st.n} neurons need {len(profiles)} distinct (du, dv, vth) "
                 f"profiles after quantization; rule max_profiles_per_layer allows "
-                f"{MAX_PROFILES_PER_LAYER} (one Lava LIF process per profile, one Dense per pair of "
+                f"{max_profiles} (one Lava LIF process per profile, one Dense per pair of "
                 "profiles); give the layer fewer distinct time constants and thresholds")
         pops = []
         for j, (pdu, pdv, pvth) in enumerate(profiles):
@@ -175,7 +185,9 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
                         GRAPH_INPUT if cname == lplan.input else cname, p.name, eff, e,
                         input_bits if cname == lplan.input else 0))
         report.append(LayerQuant(st.name, st.n, len(profiles), e, k, S, nw, sat, zeroed, changed,
-                                 bias_sat, (int(vth.min()), int(vth.max())),
+                                 bias_sat, int(((du_raw < 0) | (du_raw > C.DECAY_MAX)).sum()),
+                                 int(((dv_raw < 0) | (dv_raw > C.DECAY_MAX)).sum()),
+                                 int((vth_raw > C.VTH_MAX).sum()), (int(vth.min()), int(vth.max())),
                                  tuple(int(a) for a in np.unique(du)),
                                  tuple(int(a) for a in np.unique(dv))))
     graph = FixedPointGraph(
@@ -227,11 +239,16 @@ def _assemble(g: FixedPointGraph, spikes: dict[str, torch.Tensor], S: int, B: in
 
 
 @torch.inference_mode()
-def run_reference(g: FixedPointGraph, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def run_reference(g: FixedPointGraph, x: torch.Tensor, activity: dict | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Layer by layer: every Dense from an earlier layer (or the input or a constant source) for all
     S steps in one float64 matmul (exact: integers below 2**53), shifted one step; then the layer's
     populations stepped over t with ``arithmetic.lif_step``, adding the layer's own recurrent Dense
-    of the previous step. ``x``: ``(S, B, n_in)`` payloads. Returns ``{layer: (S, B, n)}``."""
+    of the previous step. ``x``: ``(S, B, n_in)`` payloads. Returns ``{layer: (S, B, n)}``.
+
+    ``activity``, if given, receives per layer ``(S,)`` int64 counts (summed over the batch) of
+    ``"active"`` updates (the step changed the neuron's ``u`` or ``v``, ``v`` after reset; the state
+    before step 0 is zero) and ``"v_changed"`` (NeuroBench's membrane updates after step 0)."""
     x = _check_payloads(g, x)
     S, B = int(x.shape[0]), int(x.shape[1])
     src = {GRAPH_INPUT: x}
@@ -255,18 +272,23 @@ def run_reference(g: FixedPointGraph, x: torch.Tensor) -> dict[str, torch.Tensor
             a_ff[p.name] = a
         state = {p.name: (torch.zeros(B, p.n, dtype=torch.float64),) * 2 for p in pops}
         out = {p.name: torch.zeros(S, B, p.n, dtype=torch.float64) for p in pops}
+        act = {k: np.zeros(S, np.int64) for k in ("active", "v_changed")}
         for t in range(S):
             for p in pops:
                 a = a_ff[p.name][t].clone()
                 for s_name, w, e in rec.get(p.name, []):
                     if t > 0:
                         a += A.shift_floor(out[s_name][t - 1] @ w.T, e)
-                u, v = state[p.name]
-                s, u, v = A.lif_step(a, u, v, du=p.du, dv=p.dv, vth=p.vth,
+                u0, v0 = state[p.name]
+                s, u, v = A.lif_step(a, u0, v0, du=p.du, dv=p.dv, vth=p.vth,
                                      bias=torch.from_numpy(effective_bias(p.bias_mant, p.bias_exp)
                                                            .astype(np.float64)))
                 state[p.name] = (u, v)
                 out[p.name][t] = s
+                act["active"][t] += int(((u != u0) | (v != v0)).sum())
+                act["v_changed"][t] += int((v != v0).sum())
+        if activity is not None:
+            activity[layer] = act
         src.update(out)
     return _assemble(g, {p.name: src[p.name] for p in g.populations}, S, B)
 

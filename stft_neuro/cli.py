@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from stft_neuro.run_nir import add_parser as add_run_nir_parser
     add_run_nir_parser(sub)
+    from stft_neuro.deploy_nir import add_parser as add_deploy_parser
+    add_deploy_parser(sub)
     from stft_neuro.simulate import add_parser as add_simulate_parser
     add_simulate_parser(sub)
     from stft_neuro.report.cli import add_parser as add_report_parser
@@ -527,6 +529,14 @@ def cmd_run_nir(args) -> int:
 
 
 COMMANDS["run-nir"] = cmd_run_nir
+
+
+def cmd_deploy(args) -> int:
+    from stft_neuro.deploy_nir import main as deploy_main
+    return deploy_main(args)
+
+
+COMMANDS["deploy"] = cmd_deploy
 
 
 def cmd_simulate(args) -> int:

@@ -196,6 +196,37 @@ def run_graph(graph: Any, x: np.ndarray, backend: str, dt: float, dt_source: str
     return out, info
 
 
+def quantize_input(x: np.ndarray, input_bits: int) -> tuple[float, Any, dict[str, Any]]:
+    """The host's input conversion for a float graph: the 99.9th percentile of ``|x|`` maps to the
+    largest ``input_bits`` payload. ``x`` ``(B, T, n_in)`` -> ``(input_scale, payloads (B, T, n_in)
+    float32 tensor of integers, saturating, info)``."""
+    import torch
+
+    from stft_neuro.hw_targets.loihi2 import quantize as Q
+    from stft_neuro.hw_targets.loihi2.network import PayloadRange
+
+    ref = float(np.percentile(np.abs(x), 99.9)) if x.size else 0.0
+    scale = Q.input_scale_for(ref, input_bits)
+    lo, hi = PayloadRange.for_message_bits(input_bits)
+    raw = torch.round(torch.from_numpy(x).to(torch.float32).double() / scale)
+    info = {"input_bits": input_bits, "input_scale": scale,
+            "payloads_saturated": int(((raw < lo) | (raw > hi)).sum()), "payloads": int(raw.numel())}
+    return scale, raw.clamp(lo, hi).to(torch.float32), info
+
+
+def read_graph(file: str, dt: float | None) -> tuple[Any, float, str, list[str]]:
+    """``read_nir`` with every quirk it repaired printed as one warning line on stderr:
+    ``(graph, dt, dt_source, quirks)``."""
+    from stft_neuro.converters.nir_in import NIRQuirkWarning, read_nir
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NIRQuirkWarning)
+        graph, dt, dt_source = read_nir(file, dt)
+    quirks = [str(w.message) for w in caught if issubclass(w.category, NIRQuirkWarning)]
+    for q in quirks:
+        print(f"stft-neuro: warning: {q}", file=sys.stderr)
+    return graph, dt, dt_source, quirks
+
+
 def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: float,
                     input_bits: int = 8, keep: dict[str, Any] | None = None
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -212,7 +243,6 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
     from stft_neuro.converters.nir_lava import LavaMappingError, lower, to_float_layers
     from stft_neuro.converters.nir_out import NIR_FORMAT, plan_from_nir
     from stft_neuro.hw_targets.loihi2 import quantize as Q
-    from stft_neuro.hw_targets.loihi2.network import PayloadRange
 
     t0 = time.perf_counter()
     x = x.reshape(x.shape[0], x.shape[1], -1)  # (B, T, n_in): the plan's input is flat
@@ -232,14 +262,8 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
             layers = to_float_layers(lplan)
         except LavaMappingError:
             layers = None  # not a plain chain of one profile per layer: the graph path below
-        ref = float(np.percentile(np.abs(x), 99.9)) if x.size else 0.0
-        scale = Q.input_scale_for(ref, input_bits)
+        scale, clamped, info["quantization"] = quantize_input(x, input_bits)
         xt = torch.from_numpy(x).to(torch.float32)
-        lo, hi = PayloadRange.for_message_bits(input_bits)
-        raw = torch.round(xt.double() / scale)
-        info["quantization"] = {"input_bits": input_bits, "input_scale": scale,
-                                "payloads_saturated": int(((raw < lo) | (raw > hi)).sum()),
-                                "payloads": int(raw.numel())}
         if layers is not None:
             plan, report = Q.plan_from_float(layers, scale, input_bits, num_steps=x.shape[1], dt=dt)
             payloads = plan.encode_input(xt)
@@ -256,7 +280,7 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
             except LavaMappingError as exc:
                 raise UserError(f"{file}: cannot run in fixed point: {exc}") from None
             plan = None
-            payloads = raw.clamp(lo, hi).to(torch.float32)
+            payloads = clamped
             info["plan"] = ("quantized by the project's quantizer as a graph: "
                             f"{len(fgraph.populations)} populations, {len(fgraph.projections)} Dense")
             info["quantization"].update(
@@ -318,13 +342,7 @@ def main(args: argparse.Namespace) -> int:
     fixed = args.fixed_point or args.backend == "reference"
     if fixed and not 1 < args.input_bits <= 8:
         return _usage(f"--input-bits must be 2..8, got {args.input_bits}")
-    from stft_neuro.converters.nir_in import NIRQuirkWarning, read_nir
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NIRQuirkWarning)
-        graph, dt, dt_source = read_nir(args.file, args.dt)
-    quirks = [str(w.message) for w in caught if issubclass(w.category, NIRQuirkWarning)]
-    for q in quirks:
-        print(f"stft-neuro: warning: {q}", file=sys.stderr)
+    graph, dt, dt_source, quirks = read_graph(args.file, args.dt)
     output = pick_output(graph, args.output, args.file)
     in_shape = graph.nodes[graph.inputs[0]].out_shape
     x, batched = load_input(args.input, in_shape)

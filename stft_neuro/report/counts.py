@@ -334,6 +334,82 @@ def _count_plan_chunk(plan, sim, weights, spikes, payloads, theta, offset, dest_
 
 
 # ------------------------------------------------------------------------------------------------
+# fixed-point graphs (deploy): populations and Dense projections (converters/nir_fixed.py)
+
+def count_fixed_graph_run(graph: Any, payloads: np.ndarray, spikes: Mapping[str, np.ndarray],
+                          activity: Mapping[str, Mapping[str, np.ndarray]],
+                          dest_cores: Mapping[str, int], outputs: Sequence[str]) -> RunCounts:
+    """Count a run of a :class:`~stft_neuro.hw_targets.loihi2.network.FixedPointGraph`, per graph
+    layer (its populations pooled), with the definitions above.
+
+    Args:
+        graph: the fixed-point graph that ran.
+        payloads: ``(S, B, n_in)`` integer payloads sent at each Lava step (extra zero steps
+            included).
+        spikes: per layer ``(S, B, n)`` spikes of the run (``nir_fixed.run_reference`` or Lava).
+        activity: per layer ``{"active": (S,), "v_changed": (S,)}`` from ``run_reference``'s
+            ``activity`` (u or v changed; v changed), summed over the batch.
+        dest_cores: per layer, the cores its spikes are sent to (1 for a layer read by the host).
+        outputs: the layers the host reads (chip -> host spikes).
+
+    A layer's synaptic events are those of every Dense into its populations: from the host's
+    payloads, from spikes (its own one step earlier for a recurrent Dense) and from the constant
+    bias sources (1 while switched on, ``nir_fixed.bias_signal``), each booked at the step sent.
+    """
+    from stft_neuro.converters.nir_fixed import bias_signal
+    from stft_neuro.hw_targets.loihi2.network import GRAPH_INPUT
+
+    x = np.asarray(payloads)
+    S, B = int(x.shape[0]), int(x.shape[1])
+    bias = bias_signal(graph, S)
+    pop_layer = {p.name: p.layer for p in graph.populations}
+
+    def sent(src: str) -> np.ndarray:  # (B, S, n_src) what the source sends
+        if src == GRAPH_INPUT:
+            return x.transpose(1, 0, 2)
+        if src.startswith("bias:"):
+            j = graph.bias_inputs.index(src)
+            return np.broadcast_to(bias[None, :, j:j + 1], (B, S, 1))
+        p = graph.population(src)
+        return np.asarray(spikes[p.layer])[:, :, p.index].transpose(1, 0, 2)
+
+    layers: dict[str, LayerCounts] = {}
+    for name, n in graph.layers:
+        pops = {p.name for p in graph.of_layer(name)}
+        ev = acs = macs = dense = np.zeros(S, np.int64)
+        fan_in = syn = nw = 0
+        srcs, graded = [], False
+        for pr in graph.projections:
+            if pr.dst not in pops:
+                continue
+            w = np.asarray(pr.weight)
+            e, a, m, d = _synapse_counts(np.asarray(sent(pr.src), np.int64), (w != 0).sum(0), w.shape[0])
+            ev, acs, macs, dense = ev + e, acs + a, macs + m, dense + d
+            syn += int((w != 0).sum())
+            nw += int(w.size)
+            graded |= pr.src == GRAPH_INPUT
+            src = "input" if pr.src == GRAPH_INPUT else pop_layer.get(pr.src, pr.src)
+            if src not in srcs:
+                srcs.append(src)
+                fan_in += graph.source_size(pr.src) if not pr.src.startswith("bias:") else 1
+        active = np.asarray(activity[name]["active"], np.int64)
+        nb = B * n + int(np.asarray(activity[name]["v_changed"])[1:].sum()) if S else 0
+        layers[name] = LayerCounts(
+            name=name, kind="Dense+LIF", neurons=n, spiking=True,
+            spikes=np.asarray(spikes[name]).astype(np.int64).sum(axis=(1, 2)),
+            active_updates=active, inactive_updates=B * n - active, nb_membrane_updates=nb,
+            synaptic_events=ev, acs=acs, macs=macs, dense_ops=dense, fan_in=fan_in, synapses=syn,
+            weights=nw, parameters=nw + n, source=",".join(srcs) or None, graded_input=graded,
+            dest_cores=int(dest_cores.get(name, 1)))
+    zeros = np.zeros(S, np.int64)
+    to_host = sum((np.asarray(spikes[o]).astype(np.int64).sum(axis=(1, 2)) for o in outputs), zeros)
+    return RunCounts(samples=B, steps=S, layers=layers,
+                     payload_messages=(x != 0).sum(axis=(1, 2)).astype(np.int64),
+                     theta_messages=zeros, theta_nonzero=zeros, chip_to_host_spikes=to_host,
+                     source="fixed-point graph")
+
+
+# ------------------------------------------------------------------------------------------------
 # NIR graphs (run-nir)
 
 WEIGHT_KINDS = ("Affine", "Linear", "Conv1d", "Conv2d")

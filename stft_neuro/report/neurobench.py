@@ -61,6 +61,20 @@ def plan_static(plan: Any) -> dict[str, Any]:
             "ConnectionSparsity": zeros / n_w if n_w else 0.0}
 
 
+def fixed_graph_static(graph: Any) -> dict[str, Any]:
+    """``Footprint``, ``ParameterCount``, ``ConnectionSparsity`` of a fixed-point graph
+    (``FixedPointGraph``: the Lava-effective weights of every projection, a bias mantissa per
+    neuron, and per population ``du, dv, vth, bias_exp`` and per projection ``weight_exp,
+    num_message_bits`` as scalars), in the plan's byte widths."""
+    n_w = sum(int(np.asarray(p.weight).size) for p in graph.projections)
+    zeros = sum(int((np.asarray(p.weight) == 0).sum()) for p in graph.projections)
+    n_b = sum(int(np.asarray(p.bias_mant).size) for p in graph.populations)
+    scalars = 4 * len(graph.populations) + 2 * len(graph.projections)
+    return {"Footprint": n_w * PLAN_WEIGHT_BYTES + n_b * PLAN_BIAS_BYTES + scalars * PLAN_SCALAR_BYTES,
+            "ParameterCount": n_w + n_b,
+            "ConnectionSparsity": zeros / n_w if n_w else 0.0}
+
+
 def graph_static(graph: Any) -> dict[str, Any]:
     """``Footprint`` (every numeric parameter of every node, float32), ``ParameterCount``
     (weights and biases of Affine/Linear/Conv nodes) and ``ConnectionSparsity`` of a NIR graph."""
