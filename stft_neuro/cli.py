@@ -420,6 +420,7 @@ def cmd_export(args) -> int:
     from stft_neuro.export.bundle import export_bundle, run_description
     from stft_neuro.hw_targets.loihi2.report import format_resource_report, resource_report
     from stft_neuro.qat import quantization_summary
+    from stft_neuro.simulate.early_exit import RULE_FILE as EXIT_RULE_FILE
     host = args.target in ("onnx", "all")  # the host side: carry what simulate needs of the run
     netx = args.target in ("lava", "all")  # the netx file: may need the plan derived for netx
     model, cfg, meta, plan, bench = _frozen_plan(args, with_bench=host or netx)
@@ -430,6 +431,7 @@ def cmd_export(args) -> int:
                              force=args.force, source=str(args.checkpoint), run=run,
                              nir_profile=getattr(args, "nir_profile", "exact"),
                              netx_plan=netx_plan, netx_cost=netx_cost,
+                             early_exit=Path(args.checkpoint) / EXIT_RULE_FILE,
                              progress=None if args.json else print)
     if args.json:
         _print(manifest, True, "")

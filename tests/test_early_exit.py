@@ -252,3 +252,40 @@ def test_bad_early_exit_options_are_one_line_and_leave_no_output(tmp_path, tiny_
         err = _one_line_error(capsys, base + args)
         assert match in err, (args, err)
         assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_the_bundle_carries_the_runs_rule_and_runs_it_without_the_checkpoint(tmp_path, tiny_run, capsys):
+    """``export`` copies the run's rule when it was calibrated for the bundle's plan (not one made
+    for another plan); ``simulate --bundle --host onnx --early-exit`` without the checkpoint runs
+    it and stops every sample where the checkpoint's run stops it; a bundle without one is one line."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "early_exit.json").unlink(missing_ok=True)
+    ExitRule(min_steps=1, margin=0.1, calibration={"plan_sha256": "0" * 64}).save(run / "early_exit.json")
+    assert main(["export", "--json", "--checkpoint", str(run), "--target", "onnx", "--out", str(tmp_path / "b0")]) == 0
+    assert not (tmp_path / "b0" / "early_exit.json").exists(), "a rule made for another plan was copied"
+    assert json.loads((tmp_path / "b0" / "manifest.json").read_text())["early_exit"] is None
+    alone = ["simulate", "--bundle", str(tmp_path / "b0"), "--host", "onnx", "--backend", "reference",
+             "--early-exit", "--out", str(tmp_path / "none")]
+    assert "carries none" in _one_line_error(capsys, alone)
+    assert not (tmp_path / "none").exists()
+
+    (run / "early_exit.json").unlink()
+    want, res = _sim(tmp_path / "ckpt", run, "--backend", "reference", "--early-exit", "--early-exit-max-drop", "100")
+    T = res["num_steps"]
+    assert want["steps_run"].min() < T, "a rule allowed to lose all HM must stop early"
+    assert main(["export", "--json", "--checkpoint", str(run), "--target", "onnx", "--out", str(tmp_path / "b1")]) == 0
+    manifest = json.loads((tmp_path / "b1" / "manifest.json").read_text())
+    assert manifest["early_exit"]["calibration"] == ExitRule.load(run / "early_exit.json").calibration
+    assert "early_exit.json" in manifest["files"]
+    shutil.rmtree(run)   # the bundle runs alone: no checkpoint anywhere
+    alone[2], alone[-1] = str(tmp_path / "b1"), str(tmp_path / "alone")
+    capsys.readouterr()
+    assert main(alone + ["--json"]) == 0
+    with np.load(tmp_path / "alone" / "records.npz") as z:
+        got = {k: z[k] for k in z.files}
+    res_alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    assert res_alone["early_exit"]["rule"] == res["early_exit"]["rule"]
+    assert np.array_equal(got["steps_run"], want["steps_run"])
+    assert np.array_equal(got["pred"], want["pred"])

@@ -28,6 +28,10 @@ file                       targets      what
                                         with the manifest's ``run`` (data config, feature widths,
                                         class names, calibration b) ``simulate --bundle DIR`` runs
                                         without the training checkpoint
+``early_exit.json``        all          only when the run has an early-exit rule calibrated for
+                                        this plan (``simulate --early-exit`` on the run): the rule
+                                        ``simulate --bundle DIR --early-exit`` applies when the
+                                        bundle runs without the checkpoint
 ``manifest.json``          all          what crosses the bridge every step (names, shapes, dtypes,
                                         units, ranges), the timing, the design-rule and resource
                                         report, and a SHA-256 per file
@@ -261,6 +265,7 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
                   *, force: bool = False, source: str = "", nir_profile: str = "exact",
                   run: tuple[dict, np.ndarray] | None = None,
                   netx_plan: DeploymentPlan | None = None, netx_cost: dict | None = None,
+                  early_exit: Path | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Write the bundle for ``target`` into ``out`` atomically; returns the manifest.
 
@@ -273,7 +278,9 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
     ``netx_plan`` (targets lava and all): the plan the netx file carries when netx cannot carry
     ``plan`` (``export/netx_plan.py``: derived from the run by the one quantizer); written as
     ``plan_netx.safetensors``, with ``netx_cost`` (what it costs against ``plan``) in the manifest.
-    Without it, a ``plan`` that netx cannot carry is one line naming layer and parameter."""
+    Without it, a ``plan`` that netx cannot carry is one line naming layer and parameter.
+    ``early_exit``: the run's early-exit rule file (``simulate/early_exit.py``), copied as
+    ``early_exit.json`` when it was calibrated for ``plan`` (else left out, and said so)."""
     from stft_neuro.hw_targets.loihi2.report import resource_report
 
     if target not in TARGETS:
@@ -360,6 +367,7 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
                 from safetensors.numpy import save_file
                 save_file({"class_embeddings": run[1]}, str(tmp / CLASSES_FILE))
                 say(f"wrote {CLASSES_FILE}")
+        exit_entry = _copy_exit_rule(early_exit, plan, tmp, say)
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         spiking_cfg = model.spiking.cfg
@@ -375,7 +383,7 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             "plans": _plans_entry(carries, netx_plan is not None),
             "netx_cost": netx_cost if netx_plan is not None else None,
             "run": run[0] if run is not None and onnx is not None else None,
-            "quantization": quant_summary,
+            "quantization": quant_summary, "early_exit": exit_entry,
             "design_rules": resources["design_rules"], "resources": resources.get("totals"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default) + "\n")
@@ -386,6 +394,26 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _copy_exit_rule(path: Path | None, plan: DeploymentPlan, tmp: Path,
+                    say: Callable[[str], None]) -> dict | None:
+    """Copy the run's early-exit rule into the bundle when it was calibrated for ``plan`` ->
+    the manifest's ``early_exit`` entry (None: no rule, or one made for another plan)."""
+    if path is None or not Path(path).is_file():
+        return None
+    from stft_neuro.simulate.early_exit import RULE_FILE, EarlyExitError, ExitRule, plan_digest
+    try:
+        rule = ExitRule.load(path)
+    except EarlyExitError as exc:
+        say(f"not copied: the run's early-exit rule ({exc})")
+        return None
+    if rule.calibration.get("plan_sha256") != plan_digest(plan):
+        say(f"not copied: {path} was calibrated for another plan than this bundle's")
+        return None
+    shutil.copyfile(path, tmp / RULE_FILE)
+    say(f"wrote {RULE_FILE} (the run's early-exit rule)")
+    return {"file": RULE_FILE, "calibration": rule.calibration}
 
 
 def _plans_entry(carries: dict[str, str], derived: bool) -> dict:

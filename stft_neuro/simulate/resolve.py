@@ -181,7 +181,7 @@ def resolve(*, bundle_dir, checkpoint, backend, host, split, samples, batch, out
     exit_setup, exit_source = None, None
     if early_exit is not None:
         rule, exit_source = _exit_rule(early_exit, early_exit_max_drop, checkpoint, alone, model, bench,
-                                       plan, bias)
+                                       plan, bias, bundle)
         from stft_neuro.simulate.early_exit import ExitSetup
         exit_setup = ExitSetup(rule=rule, class_emb=class_emb,
                                candidates=np.arange(class_emb.shape[0], dtype=np.int64),
@@ -195,11 +195,20 @@ def resolve(*, bundle_dir, checkpoint, backend, host, split, samples, batch, out
                  exit_setup=exit_setup, exit_source=exit_source)
 
 
-def _exit_rule(early_exit, max_drop, checkpoint, alone, model, bench, plan, bias):
+def bundle_rule(bundle) -> Path | None:
+    """The early-exit rule a bundle carries (``export`` copies the run's), or None."""
+    from stft_neuro.simulate.early_exit import RULE_FILE
+    if bundle is None or RULE_FILE not in bundle.manifest.get("files", {}):
+        return None
+    return bundle.file(RULE_FILE)
+
+
+def _exit_rule(early_exit, max_drop, checkpoint, alone, model, bench, plan, bias, bundle=None):
     """The early-exit rule -> (rule, where it came from). A file: loaded and checked against the
     plan and ``b`` it was calibrated for. The run's (:data:`EARLY_EXIT_RUN`): ``RUN/early_exit.json``
     when it was calibrated for this plan, ``b`` and max drop, else calibrated now on stage-1
-    validation (``early_exit.calibrate``; the reference simulator) and stored there."""
+    validation (``early_exit.calibrate``; the reference simulator) and stored there; a bundle
+    that runs alone (no checkpoint) uses the rule it carries (:func:`bundle_rule`)."""
     from stft_neuro.simulate import early_exit as EE
     if early_exit != EARLY_EXIT_RUN:
         try:
@@ -215,8 +224,15 @@ def _exit_rule(early_exit, max_drop, checkpoint, alone, model, bench, plan, bias
                                 f"this run predicts at b = {bias}")
         return rule, str(early_exit)
     if alone:
-        raise SimulateError("simulate --early-exit: the run's rule is calibrated on the training run's "
-                            "validation split; give --checkpoint RUN, or the rule file: --early-exit FILE")
+        carried = bundle_rule(bundle)
+        if carried is None:
+            raise SimulateError("simulate --early-exit: the run's rule is calibrated on the training run's "
+                                "validation split, and this bundle carries none; give --checkpoint RUN, "
+                                "or the rule file: --early-exit FILE")
+        if max_drop is not None:
+            raise SimulateError("simulate --early-exit-max-drop: the bundle's rule is already calibrated "
+                                "(calibrating needs the run: give --checkpoint RUN)")
+        return _exit_rule(str(carried), None, checkpoint, alone, model, bench, plan, bias, bundle)
     path = Path(checkpoint) / EE.RULE_FILE
     drop = EE.DEFAULT_MAX_HM_DROP if max_drop is None else float(max_drop)
     if path.is_file():
