@@ -105,3 +105,29 @@ def test_float_training_with_a_budget_records_its_estimate(tmp_path) -> None:
     assert all(r["loss_energy_uj"] > 0.001 and r["loss_energy_multiplier"] > 0 for r in h)
     progress = json.loads((run / "meta.json").read_text())["progress"]
     assert progress["energy_multiplier"] > 0  # kept for a resume
+
+
+@pytest.mark.parametrize("k", [0, 5, 40])
+def test_float_mode_estimate_leaves_out_the_payloads_of_the_dead_zone(k) -> None:
+    """The float-mode estimate counts a payload only when the plan would send it: ``|round(x /
+    scale)| > k`` with the batch-calibrated scale; every float weight is a synapse, so layer 1's
+    events are those payloads x its width. The dead zone must bite (some payloads left out)."""
+    from stft_neuro.config import SpikingConfig
+    from stft_neuro.hw_targets.loihi2 import quantize
+    from stft_neuro.model.host import SpikingBranch
+    torch.manual_seed(0)
+    cfg = SpikingConfig(num_steps=6, hidden=(48, 32), payload_dead_zone=k)
+    br = SpikingBranch(40, 40, cfg)
+    a, v = torch.randn(16, 5, 40), torch.randn(16, 5, 40)
+    n = torch.randint(1, 6, (16,))
+    x, g = br.encode(a, v, n)
+    rec = br.drive(x, g, br.chip)
+    e = br.chip_energy(rec)
+    ref = float(torch.quantile(x.detach().abs().flatten().float(), 0.999))
+    q = torch.round(x.detach() / quantize.input_scale_for(ref, cfg.input_bits))
+    sent = int((q.abs() > k).sum())
+    assert float(e.synaptic_events[0]) == sent * 48
+    if k:
+        assert sent < int((q != 0).sum()), "the case does not reach the dead zone"
+    e.total_uj.backward()   # the estimate trains the encoder through the payloads it counts
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in br.parameters())

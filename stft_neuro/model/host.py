@@ -216,7 +216,8 @@ class SpikingBranch(nn.Module):
         to the float weights), the integer spikes and the exact active-update replay: the value is
         what the report counts on the deployed run. Float mode (no plan yet): the float currents
         as payloads of a scale calibrated on this batch (``quantize.input_scale_for`` of the
-        99.9th percentile, as ``calibrate_input`` does; rounded, straight-through), the float
+        99.9th percentile, as ``calibrate_input`` does; rounded, straight-through; those within
+        the plan's payload dead zone not sent), the float
         weights (every weight a synapse), every neuron update counted active (an upper bound):
         an approximation of the deployed value that trains the same levers (spike counts and
         zero payloads)."""
@@ -228,6 +229,9 @@ class SpikingBranch(nn.Module):
         ref = float(torch.quantile(x.detach().abs().flatten().float()[:2_000_000], 0.999))
         p = x / quantize.input_scale_for(ref, self.cfg.input_bits)
         p = p + (p.round() - p).detach()
+        k = float(self.chip.payload_dead_zone)
+        if k:  # the plan's dead zone: payloads |p| <= k are not sent
+            p = p * (p.detach().abs() > k).to(p.dtype)
         return chip_energy_of_record(record, p, list(self.chip.weights), active_updates="all")
 
     def readout(self, out_spikes: Tensor) -> Tensor:
