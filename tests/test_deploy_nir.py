@@ -212,7 +212,7 @@ def test_four_design_rules_broken_listed_at_once(tmp_path, capsys):
     """Also a fan-in of 131073 8-bit synapses, more than one core's 1 Mbit: fan-in and core memory
     (lowering a 131073-wide Linear takes ~50 s here: ``nir_lava._linear_map`` probes it with
     identity columns). 2-bit input: with 8-bit payloads no weight scale keeps 131073 inputs inside
-    the 16-bit Dense output (``quantize.choose_layer_scales``'s fallback then gives k < 0)."""
+    the 16-bit Dense output (``quantize.choose_layer_scales`` refuses such a layer in one line)."""
     by, broken = rules_case(tmp_path, capsys, 131073, 1, "--input-bits", "2")
     assert broken == {"fan_in_fits_core", "core_capacity", "cores_per_chip",
                       "max_profiles_per_layer"}, broken

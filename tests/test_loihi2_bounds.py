@@ -183,3 +183,14 @@ def test_quantizer_envelope_is_never_below_the_exact_bound(seed, n_in, n_out, bi
         assert info.a_out_bound <= math.ceil(envelope)
         assert info.a_out_fits and not any(v.rule == "dense_output_16bit"
                                            for v in R.check(FixedPointNetwork((fixed,))))
+
+
+def test_a_fan_in_whose_rounding_alone_overflows_the_synaptic_input_is_refused():
+    """131073 inputs of 8-bit payloads: even at the smallest weight exponent the weights' rounding
+    (one LSB each) may exceed the 16-bit synaptic input, so no weight scale k > 0 exists; the
+    quantizer says so instead of returning a negative scale (which flipped every weight's sign)."""
+    from stft_neuro.hw_targets.errors import DesignRuleError
+    from stft_neuro.hw_targets.loihi2.quantize import choose_layer_scales
+    with pytest.raises(DesignRuleError, match="fan-in 131073 .* cannot be quantized"):
+        choose_layer_scales(1.0, 1.0, 1.0, max_row_abs_sum=184.0, n_in=131073, payload_max=128)
+    assert choose_layer_scales(1.0, 1.0, 1.0, max_row_abs_sum=184.0, n_in=131073, payload_max=2).weight_scale > 0

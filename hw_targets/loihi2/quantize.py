@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stft_neuro.hw_targets.errors import DesignRuleError
 from stft_neuro.hw_targets.loihi2 import constants as C
 from stft_neuro.hw_targets.loihi2.arithmetic import LayerArith
 from stft_neuro.hw_targets.loihi2.network import FixedPointLayer, FixedPointNetwork, PayloadRange
@@ -210,6 +211,11 @@ def choose_layer_scales(max_abs_weight: float, threshold: float, in_scale: float
         k = min(k, vth_cap * in_scale / (2.0 ** exp * threshold))
         if max_row_abs_sum > 0:
             k = min(k, (C.A_OUT_MAX / (payload_max * 2.0 ** exp) - n_in) / max_row_abs_sum)
+        if k <= 0:  # the weights' rounding alone (one LSB each) can overflow the synaptic input
+            raise DesignRuleError(
+                f"a layer of fan-in {n_in} fed payloads up to {payload_max} cannot be quantized: even at "
+                f"weight_exp {exp} the rounding of its weights alone may exceed Loihi's 16-bit synaptic "
+                f"input (|a_out| <= {C.A_OUT_MAX}); use fewer inputs per neuron or fewer payload bits")
     s = k * 2.0 ** (C.ACT_SHIFT + exp) / in_scale
     return LayerScales(weight_scale=k, weight_exp=exp, state_scale=s,
                        threshold_scale=s / 2 ** C.VTH_SHIFT, in_scale=in_scale,
