@@ -246,20 +246,7 @@ def _train(cfg, run_dir: Path, resume: bool, quiet: bool, dp=None) -> dict:
                           dp=dp or LOCAL).run(resume)
     finally:
         display.close()
-    if cfg.spiking.enabled and (dp is None or dp.is_main):
-        _store_plan(run_dir, bench)
     return results
-
-
-def _store_plan(run_dir: Path, bench) -> None:
-    """The finished float run's deployment plan, derived once on CPU from the written weights
-    (input scale calibrated on ``stage_2_train``) and stored in the run folder, where every
-    consumer reads it (``run_plan.py``)."""
-    from stft_neuro.checkpoint import load_run
-    from stft_neuro.run_plan import derive_plan, store_plan
-    model, _, meta = load_run(run_dir)
-    if not meta.get("deploy"):
-        store_plan(run_dir, derive_plan(model, bench.splits["stage_2_train"]))
 
 
 def _train_setup(args, qat_config: bool = True):

@@ -427,8 +427,19 @@ class Trainer:
         if main:
             write_json(self.run_dir / "metrics.json", results)
             write_json(self.run_dir / "meta.json", self._meta(progress, results))
+            if self.cfg.spiking.enabled:
+                self._store_plan()
         self.dp.barrier()
         return results
+
+    def _store_plan(self) -> None:
+        """The finished run's deployment plan, derived once on CPU from the written weights
+        (input scale calibrated on ``stage_2_train``) and stored in the run folder, where every
+        consumer reads it (``run_plan.py``)."""
+        from stft_neuro.checkpoint import load_run
+        from stft_neuro.run_plan import derive_plan, store_plan
+        model, _, _ = load_run(self.run_dir)
+        store_plan(self.run_dir, derive_plan(model, self.bench.splits["stage_2_train"]))
 
     def _batch_hook(self, into: list[float]) -> Callable[[float], None]:
         def hook(loss: float) -> None:

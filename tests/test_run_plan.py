@@ -43,6 +43,19 @@ def test_train_stores_the_plan_derived_on_cpu(float_run):
     assert float(model.spiking.chip.input_scale) == 0.0  # derive_plan left the model as it was
 
 
+def test_a_run_trained_through_the_trainer_stores_its_plan_too(tmp_path):
+    """Sweeps and benchmarks train with ``Trainer`` directly (no CLI): the run folder holds the
+    same plan the CLI's training stores, and no consumer has to derive it."""
+    from stft_neuro import config as config_mod
+    from stft_neuro.train import Trainer
+    cfg = config_mod.load(overrides=list(TINY))
+    bench = load_benchmark(cfg.data)
+    Trainer(cfg, bench, tmp_path / "run").run()
+    model, _, _ = load_run(tmp_path / "run")
+    assert same_plan(DeploymentPlan.load(tmp_path / "run" / PLAN_FILE),
+                     derive_plan(model, bench.splits["stage_2_train"]))
+
+
 def test_every_consumer_runs_the_stored_plan(float_run, tmp_path, capsys):
     """The stored plan with its input scale moved by one float32 step (a plan a GPU calibration
     could have produced): export's bundle, resources, simulate and QAT all use exactly it; each
