@@ -143,28 +143,33 @@ def design_rules(fg: Any) -> tuple[dict[str, Any], Any]:
 
 def run_fixed(fg: Any, xin: Any, backend: str) -> tuple[dict, dict, dict[str, Any]]:
     """Run ``fg`` on payloads ``xin`` ``(S, B, n_in)``: ``(spikes {layer: (S, B, n)}, activity of
-    the reference run, info)``. On ``lava`` the spikes are Lava fixed_pt's, which must equal the
-    reference's."""
+    the reference run, info)``. ``reference``: the bit-exact reference; ``lava``: Lava fixed_pt's
+    spikes, ``torch``: the arithmetic's step-by-step definition (``nir_fixed.run_definition``),
+    each of which must equal the reference's, every spike (the reference always runs: its
+    ``activity`` is what the report counts)."""
     from stft_neuro.converters import nir_fixed as F
 
     activity: dict = {}
     ref = F.run_reference(fg, xin, activity)
     info: dict[str, Any] = {"backend": backend}
-    if backend != "lava":
+    if backend == "reference":
         return ref, activity, info
-    from stft_neuro.sim.lava_runtime import LavaUnavailableError
-    runner = F.LavaFixedRunner(fg)
-    try:
-        lava = runner.run(xin)
-    except LavaUnavailableError as exc:
-        raise UserError(f"--backend lava: {exc}") from None
-    differ = {k: int((lava[k] != ref[k]).sum()) for k in ref}
+    if backend == "torch":
+        other, who = F.run_definition(fg, xin), "the fixed-point definition (torch)"
+    else:
+        from stft_neuro.sim.lava_runtime import LavaUnavailableError
+        runner = F.LavaFixedRunner(fg)
+        try:
+            other, who = runner.run(xin), "Lava fixed_pt"
+        except LavaUnavailableError as exc:
+            raise UserError(f"--backend lava: {exc}") from None
+        info.update(build_s=runner.timing.build_s, steps_s=runner.timing.steps_s)
+    differ = {k: int((other[k] != ref[k]).sum()) for k in ref}
     if any(differ.values()):
-        raise UserError(f"Lava fixed_pt differs from the reference simulator (spikes differing per "
+        raise UserError(f"{who} differs from the reference simulator (spikes differing per "
                         f"layer: {differ}): a bug, please report it")
-    info.update(lava_equals_reference=True, build_s=runner.timing.build_s,
-                steps_s=runner.timing.steps_s)
-    return lava, activity, info
+    info[f"{backend}_equals_reference"] = True
+    return other, activity, info
 
 
 def float_agreement(graph: Any, dt: float, x: np.ndarray, spikes: dict, lplan: Any
@@ -201,6 +206,31 @@ def quantization_section(layers: list, info: dict[str, Any]) -> dict[str, Any]:
             "weights": sum(q.weights for q in layers)}
 
 
+def fixed_graph_report(fg: Any, xin: Any, spikes: dict, activity: dict,
+                       host_layers: tuple[str, ...], consts: Any, source: dict[str, Any],
+                       mapping: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run report of ``fg`` run on payloads ``xin`` ``(S, B, n_in)`` (``spikes`` per layer
+    ``(S, B, n)`` and the reference's ``activity``, as :func:`run_fixed` returns them): per layer
+    spikes, synaptic events, neuron updates (``report.counts.count_fixed_graph_run``, spikes sent
+    to the cores of ``mapping``, default ``graph_rules.map_graph``; ``host_layers`` read by the
+    host), NeuroBench keys and the energy estimate (``report.build.build_report``). Returns
+    ``(report, extras for report.cli.emit)``. deploy and run-nir (a bundle, or any graph of
+    populations in fixed point) both report through this."""
+    from stft_neuro.hw_targets.loihi2.graph_rules import dest_cores, map_graph
+    from stft_neuro.report.build import build_report
+    from stft_neuro.report.counts import count_fixed_graph_run
+    from stft_neuro.report.neurobench import fixed_graph_static
+
+    mapping = map_graph(fg) if mapping is None else mapping
+    counts = count_fixed_graph_run(fg, np.asarray(xin), {k: np.asarray(v) for k, v in spikes.items()},
+                                   activity, dest_cores(fg, mapping, host_layers), host_layers)
+    rep = build_report(counts, fixed_graph_static(fg), None, consts, source=dict(source),
+                       host_why="a NIR graph has no host side")
+    extras = {"sample_spikes": [np.asarray(s[:, 0]) for s in spikes.values()],
+              "sample_theta": None, "sample_label": "sample 0"}
+    return rep, extras
+
+
 # ------------------------------------------------------------------------------------------------
 # the bundle
 
@@ -227,6 +257,48 @@ def write_folder(out: Path, force: bool, write: Any) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def load_bundle(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+    """A deploy bundle folder, verified: every file of ``manifest.json`` present with its SHA-256,
+    then ``graph.safetensors`` loaded -> ``(fixed-point graph, its header)``. One-line
+    ``UserError`` naming the file for a folder that is not a deploy bundle, a missing or changed
+    file."""
+    from stft_neuro.export.bundle import BUNDLE_FORMAT, sha256
+    from stft_neuro.hw_targets.loihi2.graph_file import load_graph
+
+    d = Path(folder)
+    man_path = d / "manifest.json"
+    if not man_path.is_file():
+        raise UserError(f"{d}: a folder without manifest.json, not a deploy bundle "
+                        "(`stft-neuro deploy NET.nir --input X.npy --out DIR` writes one)")
+    try:
+        man = json.loads(man_path.read_text())
+        fmt, files = man.get("format"), dict(man.get("files") or {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError,
+            ValueError) as exc:
+        raise UserError(f"{man_path}: not a readable manifest ({str(exc).splitlines()[0][:100]})"
+                        ) from None
+    if fmt == BUNDLE_FORMAT:
+        raise UserError(f"{d}: an STFT export bundle ({BUNDLE_FORMAT}); `stft-neuro simulate "
+                        "--bundle` runs it, run-nir runs deploy bundles")
+    if fmt != FORMAT or man.get("version") != VERSION:
+        raise UserError(f"{man_path}: format {fmt!r} version {man.get('version')!r} is not "
+                        f"{FORMAT!r} version {VERSION}")
+    for need in (GRAPH_FILE, NIR_FILE):
+        if need not in files:
+            raise UserError(f"{man_path}: does not list {need}; not a complete deploy bundle")
+    for name, digest in sorted(files.items()):
+        p = d / name
+        if Path(name).name != name or name == "manifest.json":
+            raise UserError(f"{man_path}: lists {name!r}, not a file of the bundle")
+        if not p.is_file():
+            raise UserError(f"{p}: listed in the bundle's manifest.json but missing")
+        if sha256(p) != digest:
+            raise UserError(f"{p}: SHA-256 differs from the bundle's manifest.json: the file was "
+                            "changed or corrupted after deploy; deploy again")
+    g, header = load_graph(d / GRAPH_FILE)
+    return g, header
 
 
 def _nir_with_metadata(file: str, path: Path, header: dict[str, Any]) -> str:
@@ -320,15 +392,9 @@ def main(args: argparse.Namespace) -> int:
     agreement = float_agreement(graph, dt, x, spikes, lplan)
 
     from stft_neuro.hw_targets.loihi2.graph_file import graph_header, save_graph
-    from stft_neuro.hw_targets.loihi2.graph_rules import dest_cores
-    from stft_neuro.report.build import build_report
-    from stft_neuro.report.counts import count_fixed_graph_run
-    from stft_neuro.report.neurobench import fixed_graph_static
-    counts = count_fixed_graph_run(fg, xin.numpy(), {k: v.numpy() for k, v in spikes.items()},
-                                   activity, dest_cores(fg, mapping, host_layers), host_layers)
-    rep = build_report(counts, fixed_graph_static(fg), None, consts,
-                       source={"kind": "deploy", "file": str(args.file), "backend": args.backend},
-                       host_why="a NIR graph has no host side")
+    rep, extras = fixed_graph_report(fg, xin, spikes, activity, host_layers, consts,
+                                     {"kind": "deploy", "file": str(args.file),
+                                      "backend": args.backend}, mapping)
     rep["deploy"] = {
         "file": str(args.file), "input": str(args.input), "dt": dt, "dt_source": dt_source,
         "quirks": quirks, "input_shape": list(x.shape), "samples": int(B), "input_steps": int(T),
@@ -346,8 +412,6 @@ def main(args: argparse.Namespace) -> int:
         header = {**graph_header(fg, qinfo["input_scale"], dt), "plan_sha256": sha256(tmp / GRAPH_FILE)}
         rep["deploy"]["bundle"]["nir_note"] = _nir_with_metadata(args.file, tmp / NIR_FILE, header)
         rep["deploy"]["seconds"] = time.perf_counter() - t0
-        extras = {"sample_spikes": [s[:, 0].numpy() for s in spikes.values()], "sample_theta": None,
-                  "sample_label": "sample 0"}
         emit(rep, extras, tmp / "report.json", tmp / "report.html")
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"format": FORMAT, "version": VERSION, "source": str(args.file),

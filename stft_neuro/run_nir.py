@@ -54,13 +54,27 @@ threshold per layer as the STFT plan; anything else (per-neuron parameters, recu
 a synaptic current, convolutions) as a graph of populations, one Lava LIF per quantized (du, dv,
 vth) profile, at most 8 profiles per layer (converters/nir_fixed.py). The report says what
 saturated and how far the fixed-point output is from the float run of the same graph. --report in
-fixed point counts plain chains only.
+fixed point counts either kind: a plain chain by its plan, a graph of populations as `stft-neuro
+deploy` reports it (per-layer spikes, synaptic events, neuron updates, NeuroBench keys, energy).
+
+A deploy bundle (DIR written by `stft-neuro deploy`, manifest format "stft-neuro/deploy-bundle")
+in place of FILE.nir runs the bundle's STORED integer graph (graph.safetensors) exactly as
+deployed, on new inputs: the SHA-256 of every file in its manifest.json is checked first (a
+changed file is one line naming it, nothing written); the input is quantized with the bundle's
+stored input scale and payload bits, not re-calibrated on this input, so a value beyond the
+payload range saturates (the run prints how many payloads saturated); alignment and Output nodes
+as above (graph.nir, the bundle's copy of the source graph, names them); --fixed-point is implied;
+--backend reference (default for a bundle), lava (Lava fixed_pt) or torch (the fixed-point
+arithmetic's definition), the latter two checked equal to the reference every spike; dt and input
+bits are the bundle's (--dt or --input-bits with another value is an error). --report writes the
+report deploy writes for that input.
 """
 
 EXAMPLES = """\
 examples:
   stft-neuro run-nir net.nir --input x.npy --out y.npy
   stft-neuro run-nir net.nir --input x.npy --out y.npy --backend lava --json
+  stft-neuro run-nir deployed/net --input x2.npy --out y2.npy --report deployed/net-x2
 """
 
 
@@ -70,26 +84,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "run-nir", help="run a NIR graph (any tool's) on an input array, torch or Lava",
         description=DESCRIPTION, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", metavar="FILE.nir", help="NIR graph (HDF5)")
+    p.add_argument("file", metavar="FILE.nir|DIR",
+                   help="NIR graph (HDF5), or a bundle folder written by `stft-neuro deploy` (runs "
+                        "its stored integer graph; see 'A deploy bundle' above)")
     p.add_argument("--input", required=True, metavar="IN.npy",
                    help="input array (T, ...) or (B, T, ...), '...' the Input node's shape; "
                         "loaded without pickle")
     p.add_argument("--out", required=True, metavar="OUT.npy",
                    help="output array, same layout as the input: (T, ...) or (B, T, ...), float32")
-    p.add_argument("--backend", choices=("torch", "reference", "lava"), default="torch",
+    p.add_argument("--backend", choices=("torch", "reference", "lava"), default=None,
                    help="torch: step-by-step torch simulation (float32, reproduces snnTorch; with "
                         "--fixed-point the fixed-point arithmetic's definition); lava: Lava "
                         "floating_pt (fixed_pt with --fixed-point); reference: the bit-exact "
-                        "fixed-point simulator (implies --fixed-point)")
+                        "fixed-point simulator (implies --fixed-point). Default: torch; "
+                        "reference for a deploy bundle")
     p.add_argument("--fixed-point", action="store_true",
                    help="run in Loihi 2 fixed-point arithmetic (see 'Fixed point' above)")
-    p.add_argument("--input-bits", type=int, default=8, metavar="BITS",
-                   help="graded payload bits when --fixed-point quantizes a float graph (2..8, default 8)")
+    p.add_argument("--input-bits", type=int, default=None, metavar="BITS",
+                   help="graded payload bits when --fixed-point quantizes a float graph (2..8, "
+                        "default 8; a deploy bundle's are stored)")
     p.add_argument("--output", default=None, metavar="NAME",
                    help="which Output node to write when the graph has several (default: the one "
                         "computed last; the choice is printed)")
     p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
-                   help="timestep; overrides the graph's metadata dt (default: metadata, else 1e-4)")
+                   help="timestep; overrides the graph's metadata dt (default: metadata, else 1e-4; "
+                        "a deploy bundle's is stored)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also write counts, NeuroBench metrics and energy estimates of this run to "
@@ -200,18 +219,27 @@ def quantize_input(x: np.ndarray, input_bits: int) -> tuple[float, Any, dict[str
     """The host's input conversion for a float graph: the 99.9th percentile of ``|x|`` maps to the
     largest ``input_bits`` payload. ``x`` ``(B, T, n_in)`` -> ``(input_scale, payloads (B, T, n_in)
     float32 tensor of integers, saturating, info)``."""
-    import torch
-
     from stft_neuro.hw_targets.loihi2 import quantize as Q
-    from stft_neuro.hw_targets.loihi2.network import PayloadRange
 
     ref = float(np.percentile(np.abs(x), 99.9)) if x.size else 0.0
     scale = Q.input_scale_for(ref, input_bits)
+    payloads, info = encode_input(x, scale, input_bits)
+    return scale, payloads, info
+
+
+def encode_input(x: np.ndarray, scale: float, input_bits: int) -> tuple[Any, dict[str, Any]]:
+    """``x`` (float, any shape) -> ``(payloads, info)``: ``round(x / scale)`` (``x`` read as float32,
+    as the host sends it) saturated to the ``input_bits`` payload range, a float32 tensor of
+    integers; ``info``: bits, scale, how many payloads saturated, of how many."""
+    import torch
+
+    from stft_neuro.hw_targets.loihi2.network import PayloadRange
+
     lo, hi = PayloadRange.for_message_bits(input_bits)
     raw = torch.round(torch.from_numpy(x).to(torch.float32).double() / scale)
     info = {"input_bits": input_bits, "input_scale": scale,
             "payloads_saturated": int(((raw < lo) | (raw > hi)).sum()), "payloads": int(raw.numel())}
-    return scale, raw.clamp(lo, hi).to(torch.float32), info
+    return raw.clamp(lo, hi).to(torch.float32), info
 
 
 def read_graph(file: str, dt: float | None) -> tuple[Any, float, str, list[str]]:
@@ -228,15 +256,21 @@ def read_graph(file: str, dt: float | None) -> tuple[Any, float, str, list[str]]
 
 
 def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: float,
-                    input_bits: int = 8, keep: dict[str, Any] | None = None
+                    input_bits: int = 8, keep: dict[str, Any] | None = None,
+                    bundle: tuple[Any, dict[str, Any]] | None = None
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run ``graph`` (read from ``file``) in Loihi 2 fixed point on ``x`` ``(B, T, n_in)``.
 
     Returns ``({output node: (B, T, n) spikes}, info)`` aligned to input time like the float path.
     A graph exported by stft-neuro runs its own plan (``converters.nir_out.plan_from_nir``); any
-    other plain chain is quantized by ``quantize.plan_from_float`` (see the command's help).
-    ``keep``, if given, receives what ran (for ``--report``): ``plan``, ``payloads`` (T', B, n_in),
-    ``spikes`` per layer (T', B, n), ``names`` (the LIF nodes), T' = T + the extra zero steps."""
+    other plain chain is quantized by ``quantize.plan_from_float`` (see the command's help), any
+    other graph by ``nir_fixed.quantize_graph``. ``bundle``: ``(fixed-point graph, header)`` of a
+    deploy bundle (``deploy_nir.load_bundle``; ``graph`` its graph.nir): that graph runs as stored,
+    the input quantized with its stored input scale and bits.
+    ``keep``, if given, receives what ran (for ``--report``): ``plan`` (None for a graph of
+    populations), ``payloads`` (T', B, n_in), ``spikes`` per layer (T', B, n), ``names`` (the LIF
+    nodes), T' = T + the extra zero steps; for a graph of populations also ``fgraph``,
+    ``layer_spikes`` {layer: (T', B, n)}, ``activity`` (the reference's) and ``host_layers``."""
     import nir
     import torch
 
@@ -251,7 +285,20 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
     except LavaMappingError as exc:
         raise UserError(f"{file}: cannot run in fixed point: {exc}") from None
     info: dict[str, Any] = {"backend": backend, "fixed_point": True, "dt": dt}
-    if str(graph.metadata.get("stft_neuro.format", "")) == NIR_FORMAT or \
+    if bundle is not None:
+        fgraph, head = bundle
+        if (dict(fgraph.depth) != {st.name: int(st.depth) for st in lplan.stages}
+                or fgraph.n_in != x.shape[2]):
+            raise UserError(f"{file}: its graph.nir and graph.safetensors disagree (layers "
+                            f"{dict(fgraph.depth)} vs {({st.name: st.depth for st in lplan.stages})}, "
+                            f"inputs {fgraph.n_in} vs {x.shape[2]}): not one deploy's bundle")
+        plan = None
+        payloads, info["quantization"] = encode_input(x, float(head["input_scale"]),
+                                                      fgraph.input_bits)
+        info["quantization"]["input_scale_from"] = "the bundle (deploy's input); not re-calibrated"
+        info["plan"] = (f"the bundle's integer graph as deployed: {len(fgraph.populations)} "
+                        f"populations, {len(fgraph.projections)} Dense")
+    elif str(graph.metadata.get("stft_neuro.format", "")) == NIR_FORMAT or \
             graph.metadata.get("stft_neuro.format", b"") == NIR_FORMAT.encode():
         plan = plan_from_nir(nir.read(str(file)), where=str(file))
         plan.check_payload(torch.from_numpy(x.reshape(-1, x.shape[-1])))
@@ -291,19 +338,18 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
     B, T = payloads.shape[0], payloads.shape[1]
     xin = torch.cat([payloads, payloads.new_zeros(B, extra, payloads.shape[2])], 1).transpose(0, 1)
     if plan is None:
-        from stft_neuro.converters import nir_fixed as F
+        from stft_neuro.deploy_nir import run_fixed
+        xin = xin.contiguous()
+        res, activity, run_info = run_fixed(fgraph, xin, backend)
         if backend == "lava":
-            from stft_neuro.sim.lava_runtime import LavaUnavailableError
-            runner = F.LavaFixedRunner(fgraph)
-            try:
-                res = runner.run(xin.contiguous())
-            except LavaUnavailableError as exc:
-                raise UserError(f"--backend lava: {exc}") from None
-            info["lava"] = {"build_s": runner.timing.build_s, "steps_s": runner.timing.steps_s,
+            info["lava"] = {"build_s": run_info["build_s"], "steps_s": run_info["steps_s"],
                             "networks": 1}
-        else:
-            res = (F.run_reference if backend == "reference" else F.run_definition)(fgraph, xin)
+        if backend != "reference":
+            info[f"{backend}_equals_reference"] = True
         spikes = [res[st.name] for st in lplan.stages]
+        if keep is not None:
+            keep.update(fgraph=fgraph, layer_spikes=res, activity=activity,
+                        host_layers=tuple(sorted(set(lplan.outputs.values()))))
     elif backend == "reference":
         from stft_neuro.sim.reference import ReferenceSimulator
         spikes, _ = ReferenceSimulator(plan).run(xin.contiguous())
@@ -339,22 +385,46 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
 
 def main(args: argparse.Namespace) -> int:
     """``stft-neuro run-nir``: 0 on success, 1 for bad input (one line), 2 for usage errors."""
-    fixed = args.fixed_point or args.backend == "reference"
-    if fixed and not 1 < args.input_bits <= 8:
-        return _usage(f"--input-bits must be 2..8, got {args.input_bits}")
-    graph, dt, dt_source, quirks = read_graph(args.file, args.dt)
+    bundle, graph_file = None, args.file
+    if Path(args.file).is_dir():  # a deploy bundle: verified, then its stored graph runs
+        from stft_neuro.deploy_nir import NIR_FILE, load_bundle
+        bundle = load_bundle(args.file)
+        head = bundle[1]
+        for flag, given, stored in (("--input-bits", args.input_bits, head["input_bits"]),
+                                    ("--dt", args.dt, head["dt"])):
+            if given is not None and given != stored:
+                return _usage(f"{flag} {given:g} with deploy bundle {args.file}, which runs as "
+                              f"deployed ({flag} {stored:g}); leave {flag} out")
+        args.backend, graph_file = args.backend or "reference", str(Path(args.file) / NIR_FILE)
+    args.backend = args.backend or "torch"
+    bits = 8 if args.input_bits is None else args.input_bits
+    fixed = bundle is not None or args.fixed_point or args.backend == "reference"
+    if fixed and not 1 < bits <= 8:
+        return _usage(f"--input-bits must be 2..8, got {bits}")
+    graph, dt, dt_source, quirks = read_graph(graph_file, head["dt"] if bundle else args.dt)
+    if bundle:
+        dt_source = "the deploy bundle's"
     output = pick_output(graph, args.output, args.file)
     in_shape = graph.nodes[graph.inputs[0]].out_shape
     x, batched = load_input(args.input, in_shape)
     if not Path(args.out).parent.is_dir():
         raise UserError(f"{args.out}: folder {Path(args.out).parent} does not exist")
+    consts = None
     if args.report:  # a bad constants file fails before anything runs or is written
         from stft_neuro.report.energy import load_constants
-        load_constants(args.constants)
+        consts = load_constants(args.constants)
     if fixed:
         ran: dict[str, Any] = {}
-        out, info = fixed_point_run(args.file, graph, x, args.backend, dt, args.input_bits, ran)
+        out, info = fixed_point_run(args.file, graph, x, args.backend, dt, bits, ran, bundle)
         info["dt_source"] = dt_source
+        q = info["quantization"]
+        if bundle and q["payloads_saturated"]:
+            from stft_neuro.hw_targets.loihi2.network import PayloadRange
+            lo, hi = PayloadRange.for_message_bits(q["input_bits"])
+            print(f"stft-neuro: warning: {q['payloads_saturated']} of {q['payloads']} input payloads "
+                  f"saturated: {args.input} goes beyond the bundle's input range "
+                  f"[{lo * q['input_scale']:.4g}, {hi * q['input_scale']:.4g}] (deploy's input "
+                  "scale; not re-calibrated)", file=sys.stderr)
         float_out, _ = run_graph(graph, x, "torch", dt, dt_source)
         a, b = out[output], float_out[output]
         info["vs_float"] = {"equal_fraction": float(np.mean(a == b)),
@@ -366,11 +436,17 @@ def main(args: argparse.Namespace) -> int:
     if args.report:
         from stft_neuro.report.cli import report_graph_run, report_plan_run
         src = {"kind": "run-nir", "file": str(args.file), "backend": args.backend,
-               "fixed_point": fixed, "output_node": output}
-        if fixed and ran["plan"] is None:
-            raise UserError("--report in fixed point counts plain chains (one profile per layer); "
-                            f"{args.file} runs as a graph: `stft-neuro deploy` reports it")
-        if fixed:
+               "fixed_point": fixed, "output_node": output, "deploy_bundle": bundle is not None}
+        if fixed and ran["plan"] is None:  # a graph of populations: deploy's report
+            from stft_neuro.deploy_nir import fixed_graph_report
+            from stft_neuro.report.cli import _write_dir
+            rep, extras = fixed_graph_report(ran["fgraph"], ran["payloads"], ran["layer_spikes"],
+                                             ran["activity"], ran["host_layers"], consts, src)
+            rep["run_nir"] = {"input": str(args.input), "plan": info["plan"],
+                              "input_quantization": info["quantization"], "depth": info["depth"],
+                              "lava_steps": int(ran["payloads"].shape[0])}
+            _write_dir(rep, extras, args.report)
+        elif fixed:
             report_plan_run(ran["plan"], ran["payloads"], ran["spikes"], ran["names"], args.report,
                             args.constants, src)
         else:
@@ -380,7 +456,7 @@ def main(args: argparse.Namespace) -> int:
               "output_node": output, "output_nodes": list(graph.outputs),
               "input_shape": list(x.shape if batched else x.shape[1:]), "output_shape": list(y.shape),
               "quirks": quirks, "graph": graph.summary(), **info,
-              "output_sum": float(np.sum(y))}
+              "output_sum": float(np.sum(y)), "deploy_bundle": bundle is not None}
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -394,9 +470,11 @@ def main(args: argparse.Namespace) -> int:
                      f"outputs shifted back by their depth {info['depth']}")
             q = info.get("quantization")
             if q:
-                extra += (f"\nquantization: input {q['input_bits']}-bit, scale {q['input_scale']:.4g}, "
-                          f"{q['payloads_saturated']}/{q['payloads']} payloads saturated, "
-                          f"{q['weights_saturated']} weights saturated")
+                extra += (f"\nquantization: input {q['input_bits']}-bit, scale {q['input_scale']:.4g}"
+                          + (" (the bundle's)" if bundle else "") +
+                          f", {q['payloads_saturated']}/{q['payloads']} payloads saturated"
+                          + (f", {q['weights_saturated']} weights saturated"
+                             if "weights_saturated" in q else ""))
             vf = info["vs_float"]
             extra += (f"\nvs the float run of the same graph: {vf['equal_fraction']:.2%} of output "
                       f"values equal; spikes {vf['spikes_fixed']:g} (fixed) vs {vf['spikes_float']:g} (float)")
