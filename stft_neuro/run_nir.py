@@ -417,7 +417,7 @@ def main(args: argparse.Namespace) -> int:
         ran: dict[str, Any] = {}
         out, info = fixed_point_run(args.file, graph, x, args.backend, dt, bits, ran, bundle)
         info["dt_source"] = dt_source
-        q = info["quantization"]
+        q = info.get("quantization") or {}
         if bundle and q["payloads_saturated"]:
             from stft_neuro.hw_targets.loihi2.network import PayloadRange
             lo, hi = PayloadRange.for_message_bits(q["input_bits"])
