@@ -131,3 +131,22 @@ def test_float_mode_estimate_leaves_out_the_payloads_of_the_dead_zone(k) -> None
         assert sent < int((q != 0).sum()), "the case does not reach the dead zone"
     e.total_uj.backward()   # the estimate trains the encoder through the payloads it counts
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in br.parameters())
+
+
+def test_payloads_just_outside_the_dead_zone_feel_the_energy_gradient() -> None:
+    """With the plan's dead zone k the estimate counts exactly the sent payloads, and a payload
+    just outside the zone gets the gradient of a payload just above zero (the surrogate measures
+    the distance to the zone's edge): at k = 112 a payload of 113 would otherwise get none."""
+    from stft_neuro.hw_targets.loihi2.energy import chip_energy
+    k = 112
+    q = torch.tensor([[[0.0, 113.0, -113.0, 127.0]]], dtype=torch.float64, requires_grad=True)  # (T, B, n_in)
+    w = [torch.ones(3, 4, dtype=torch.float64)]
+    spikes = [torch.zeros(1, 1, 3, dtype=torch.float64)]
+    e = chip_energy(q, spikes, w, payload_dead_zone=k)
+    assert float(e.synaptic_events[0]) == 3 * 3          # 3 sent payloads x fan-out 3
+    e.total_uj.backward()
+    g = q.grad[0, 0]
+    assert float(g[1]) > 0 and float(g[2]) < 0 and abs(float(g[1])) > abs(float(g[3])) > 0
+    q0 = q.detach().clone().requires_grad_(True)
+    chip_energy(q0, spikes, w).total_uj.backward()       # without the zone: no gradient out there
+    assert abs(float(q0.grad[0, 0, 1])) < 1e-6 * abs(float(g[1]))

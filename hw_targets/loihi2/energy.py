@@ -115,6 +115,15 @@ def nonzero_surrogate(x: Tensor, width: float = 1.0) -> Tensor:
     return _Nonzero.apply(x, float(width))
 
 
+def beyond_dead_zone(payloads: Tensor, k: int) -> Tensor:
+    """Sent payloads (``|q| > k`` or 0) -> ``sign(q) (|q| - k)`` where nonzero: the same nonzeros,
+    with the gradient of ``q`` (straight through); the distance to the dead zone's edge."""
+    if not k or not payloads.is_floating_point():
+        return payloads
+    d = payloads.detach()
+    return payloads - d.sign() * float(k)
+
+
 @dataclass(frozen=True)
 class ChipEnergy:
     """One batch's chip energy estimate. Tensors in float64.
@@ -200,7 +209,8 @@ def chip_energy(payloads: Tensor, spikes: Sequence[Tensor], weights: Sequence[Te
                 active_updates: Tensor | str | None = None,
                 dest_cores: Sequence[int] | None = None,
                 constants: Mapping[str, float] | None = None,
-                payload_width: float = 4.0, weight_width: float = 1.0) -> ChipEnergy:
+                payload_width: float = 4.0, weight_width: float = 1.0,
+                payload_dead_zone: int = 0) -> ChipEnergy:
     """The chip's energy per sample (an estimate; module doc), differentiable.
 
     Args:
@@ -221,6 +231,12 @@ def chip_energy(payloads: Tensor, spikes: Sequence[Tensor], weights: Sequence[Te
         dest_cores: cores each layer's spikes go to (default :func:`dest_cores_of`).
         constants: pJ overrides by the keys of :data:`CHIP_CONSTANTS`.
         payload_width, weight_width: surrogate widths of "nonzero" (payload LSBs, weight LSBs).
+        payload_dead_zone: the plan's dead zone ``k`` (payloads ``|q| <= k`` were sent as 0): the
+            count is the same, but a sent payload's surrogate measures its distance to the zone's
+            edge, ``|q| - k``, so that the gradient reaches the payloads just outside it (with the
+            distance to 0 a payload beyond ``k`` is ``k / payload_width`` surrogate widths away and
+            gets no gradient: QAT at ``k = 112`` then raised its payloads, unchecked, from 228 to
+            2,269 per sample while its spikes fell to zero).
 
     Returns :class:`ChipEnergy`; ``.total_uj`` is microjoules per sample (scalar, float64).
     """
@@ -244,7 +260,7 @@ def chip_energy(payloads: Tensor, spikes: Sequence[Tensor], weights: Sequence[Te
     f64 = torch.float64
     dev = payloads.device
     events, spike_tot = [], []
-    pre_nz = nonzero_surrogate(payloads, payload_width).to(f64)
+    pre_nz = nonzero_surrogate(beyond_dead_zone(payloads, payload_dead_zone), payload_width).to(f64)
     for l in range(L):
         fan = nonzero_surrogate(weights[l], weight_width).to(f64).sum(0)        # (n_in,) fan-out
         events.append(pre_nz.sum((0, 1)) @ fan)                                   # sum_{t,b,i}

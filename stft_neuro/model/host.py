@@ -224,7 +224,8 @@ class SpikingBranch(nn.Module):
         if self.deploy:
             plan, report = self.chip.deployment_plan()
             weights = chip_weights(plan, report, list(self.chip.weights))
-            return chip_energy_of_record(record, record.sent, weights, plan=plan)
+            return chip_energy_of_record(record, record.sent, weights, plan=plan,
+                                         payload_dead_zone=int(plan.payload_dead_zone))
         x = record.sent
         ref = float(torch.quantile(x.detach().abs().flatten().float()[:2_000_000], 0.999))
         p = x / quantize.input_scale_for(ref, self.cfg.input_bits)
@@ -232,7 +233,8 @@ class SpikingBranch(nn.Module):
         k = float(self.chip.payload_dead_zone)
         if k:  # the plan's dead zone: payloads |p| <= k are not sent
             p = p * (p.detach().abs() > k).to(p.dtype)
-        return chip_energy_of_record(record, p, list(self.chip.weights), active_updates="all")
+        return chip_energy_of_record(record, p, list(self.chip.weights), active_updates="all",
+                                     payload_dead_zone=int(k))
 
     def readout(self, out_spikes: Tensor) -> Tensor:
         """TSF (or mean) over steps ``readout_start..T-1`` of the last layer's spikes (T, B, n_L) ->
