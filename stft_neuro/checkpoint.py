@@ -16,10 +16,13 @@ Reading never executes code: safetensors and JSON, and ``torch.load(weights_only
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -36,6 +39,38 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """A temporary sibling ``.<name>.partial-*`` of ``out`` to write a whole folder into.
+
+    When the block ends normally it takes the place of ``out`` (an existing ``out`` is kept aside
+    until the new one is in place, then removed); on any exception, Ctrl-C included, it is removed
+    and ``out`` is as it was. So a reader finds ``out`` complete or not at all. The folder and its
+    files get the modes of the umask (``mkdtemp`` makes the folder 0700). The one way the
+    project writes an output folder (export's bundle, simulate's records, deploy's bundle)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    old = None
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        for p in (tmp, *tmp.rglob("*")):
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:

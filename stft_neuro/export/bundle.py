@@ -53,13 +53,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from stft_neuro import __version__
+from stft_neuro.checkpoint import atomic_folder
 from stft_neuro.errors import UserError
 from stft_neuro.hw_targets.errors import PlanFormatError
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
@@ -306,10 +306,8 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
     if not resources["design_rules"]["passed"]:
         raise UserError(f"export: the spiking branch breaks {resources['design_rules']['errors']} "
                         "Loihi 2 design rule(s); see `stft-neuro resources`")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     timings: dict[str, float] = {}
-    try:
+    with atomic_folder(out) as tmp:
         t0 = time.perf_counter()
         plan.save(tmp / PLAN_FILE)
         timings[PLAN_FILE] = time.perf_counter() - t0
@@ -387,12 +385,6 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
             "design_rules": resources["design_rules"], "resources": resources.get("totals"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -222,6 +222,7 @@ def simulate(*, bundle: str | None, checkpoint: str | None, backend: str, host: 
 def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, batch, out, force,
               overrides, allow_pickle, ray_address, ray_workers, progress, chip_from=None,
               early_exit=None, early_exit_max_drop=None) -> dict[str, Any]:
+    from stft_neuro.checkpoint import atomic_folder
     from stft_neuro.simulate import write
     from stft_neuro.simulate.resolve import resolve
     from stft_neuro.simulate.run import is_lava_failure, run_here
@@ -232,7 +233,7 @@ def _simulate(bundle_dir, checkpoint, backend_name, host_name, split, samples, b
                     allow_pickle=allow_pickle, chip_from=chip_from, ray_address=ray_address,
                     ray_workers=ray_workers, early_exit=early_exit, early_exit_max_drop=early_exit_max_drop)
     try:
-        with write.output_folder(setup.out) as tmp:
+        with atomic_folder(setup.out) as tmp:
             t_loop = time.perf_counter()
             if ray_address is None:
                 parts, work = run_here(setup, progress)

@@ -1,18 +1,14 @@
 """What ``simulate`` writes: the per-batch records merged in sample order with the predictions,
-``records.npz`` (byte-reproducible), ``plan.safetensors`` and ``results.json``, into a temporary
-sibling folder renamed into place at the end (nothing partial remains after an error, Ctrl-C or
-SIGTERM). The record format is a contract (``stft-neuro report`` reads it; see the package doc).
+``records.npz`` (byte-reproducible), ``plan.safetensors`` and ``results.json``, into the folder
+``checkpoint.atomic_folder`` gives (nothing partial remains after an error, Ctrl-C or SIGTERM). The record format is a contract (``stft-neuro report`` reads it; see the package doc).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -150,17 +146,3 @@ def write(folder: Path, setup, arrays: dict[str, np.ndarray], results_dict: dict
     (folder / RESULTS).write_text(json.dumps(results_dict, indent=2, default=json_default) + "\n")
 
 
-@contextlib.contextmanager
-def output_folder(out: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out`` to write into, renamed to ``out`` (replacing it) when the
-    block ends normally and removed on any exception, Ctrl-C included."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
