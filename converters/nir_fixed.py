@@ -135,9 +135,18 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
         mode = weight_sign_mode(w_all) if w_all.size else "mixed"
         row = sum(np.abs(b).sum(axis=1) * p for _, b, p in blocks) if blocks else np.zeros(st.n)
         n_units = sum(b.shape[1] * p for _, b, p in blocks)
-        thr = float(np.max(st.vth)) if np.max(st.vth) > 0 else 1.0
+        v_bias = st.bias_mant if st.depth == 0 else st.leak
+        headroom = threshold_headroom_bits
+        if st.readout:
+            # no threshold: the scale is set by the largest |v| any input can reach,
+            # (max |a| + max |bias|) / (du dv) (u <= a / du, v <= (u + bias) / dv), at half range
+            thr = ((float(np.max(row, initial=0.0)) + float(np.abs(v_bias).max(initial=0.0)))
+                   / (float(np.min(st.du)) * float(np.min(st.dv))))
+            thr, headroom = (thr if thr > 0 else 1.0), 1
+        else:
+            thr = float(np.max(st.vth)) if np.max(st.vth) > 0 else 1.0
         sc = Q.choose_layer_scales(float(np.abs(w_all).max(initial=0.0)), thr, 1.0, mode,
-                                   threshold_headroom_bits, float(np.max(row, initial=0.0)),
+                                   headroom, float(np.max(row, initial=0.0)),
                                    int(n_units), 1)
         k, S, e = sc.weight_scale, sc.state_scale, sc.weight_exp
         lo, hi, _ = Q.weight_range(mode)
@@ -147,7 +156,6 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
         dv_raw = np.round(np.asarray(st.dv, np.float64) * C.DECAY_UNITY) - C.DM_OFFSET
         vth_raw = np.round(st.vth * S / 2 ** C.VTH_SHIFT)
         vth = np.clip(vth_raw, 0, C.VTH_MAX).astype(np.int64)
-        v_bias = st.bias_mant if st.depth == 0 else st.leak
         bias_mant, bias_exp, bias_sat = Q._bias_to_int(np.asarray(v_bias, np.float64) * S)
         profiles, which = np.unique(np.stack([du, dv, vth], 1), axis=0, return_inverse=True)
         which = which.reshape(-1)
@@ -162,7 +170,8 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
             idx = np.flatnonzero(which == j)
             name = st.name if len(profiles) == 1 else f"{st.name}#{j}"
             pops.append(Population(name, st.name, idx, int(pdu), int(pdv), int(pvth),
-                                   bias_mant[idx].copy(), int(bias_exp)))
+                                   bias_mant[idx].copy(), int(bias_exp), bool(st.readout),
+                                   float(S)))
         pops_of[st.name] = pops
         sat = zeroed = changed = nw = 0
         for src, b, _ in blocks:
@@ -280,9 +289,12 @@ def run_reference(g: FixedPointGraph, x: torch.Tensor, activity: dict | None = N
                     if t > 0:
                         a += A.shift_floor(out[s_name][t - 1] @ w.T, e)
                 u0, v0 = state[p.name]
-                s, u, v = A.lif_step(a, u0, v0, du=p.du, dv=p.dv, vth=p.vth,
-                                     bias=torch.from_numpy(effective_bias(p.bias_mant, p.bias_exp)
-                                                           .astype(np.float64)))
+                b_eff = torch.from_numpy(effective_bias(p.bias_mant, p.bias_exp).astype(np.float64))
+                if p.readout:  # no spikes: it sends v
+                    u, v = A.li_step(a, u0, v0, du=p.du, dv=p.dv, bias=b_eff)
+                    s = v
+                else:
+                    s, u, v = A.lif_step(a, u0, v0, du=p.du, dv=p.dv, vth=p.vth, bias=b_eff)
                 state[p.name] = (u, v)
                 out[p.name][t] = s
                 act["active"][t] += int(((u != u0) | (v != v0)).sum())
@@ -305,16 +317,21 @@ def run_definition(g: FixedPointGraph, x: torch.Tensor) -> dict[str, torch.Tenso
     buf = {p.name: torch.zeros(B, p.n, dtype=torch.float64) for p in g.populations}
     u = dict(buf)
     v = dict(buf)
-    spikes = {p.name: torch.zeros(S, B, p.n) for p in g.populations}
+    spikes = {p.name: torch.zeros(S, B, p.n, dtype=torch.float64) for p in g.populations}
     weights = [(pr, torch.from_numpy(pr.weight.astype(np.float64))) for pr in g.projections]
     for t in range(S):
         now = {GRAPH_INPUT: x[t]}
         for j, name in enumerate(g.bias_inputs):
             now[name] = bias[t, j].expand(B, 1)
         for p in g.populations:
-            s, u[p.name], v[p.name] = A.lif_step(
-                buf[p.name], u[p.name], v[p.name], du=p.du, dv=p.dv, vth=p.vth,
-                bias=torch.from_numpy(effective_bias(p.bias_mant, p.bias_exp).astype(np.float64)))
+            b_eff = torch.from_numpy(effective_bias(p.bias_mant, p.bias_exp).astype(np.float64))
+            if p.readout:  # no spikes: it sends v
+                u[p.name], v[p.name] = A.li_step(buf[p.name], u[p.name], v[p.name], du=p.du,
+                                                 dv=p.dv, bias=b_eff)
+                s = v[p.name]
+            else:
+                s, u[p.name], v[p.name] = A.lif_step(buf[p.name], u[p.name], v[p.name], du=p.du,
+                                                     dv=p.dv, vth=p.vth, bias=b_eff)
             spikes[p.name][t] = s
             now[p.name] = s
         buf = {p.name: torch.zeros(B, p.n, dtype=torch.float64) for p in g.populations}
@@ -358,9 +375,10 @@ class LavaFixedRunner:
         if nb:
             bias_inj = lv.Injector(shape=(nb,))
             injectors.append(bias_inj)
-        lifs = {p.name: lv.LIF(shape=(B * p.n,), du=p.du, dv=p.dv, vth=p.vth,
-                               bias_mant=np.tile(p.bias_mant, B), bias_exp=p.bias_exp,
-                               name=p.name.replace("#", "_"))
+        lifs = {p.name: (lv.LIReadout if p.readout else lv.LIF)(
+                    shape=(B * p.n,), du=p.du, dv=p.dv, vth=p.vth,
+                    bias_mant=np.tile(p.bias_mant, B), bias_exp=p.bias_exp,
+                    name=p.name.replace("#", "_"))
                 for p in g.populations}
         for pr in g.projections:
             if pr.src.startswith("bias:"):
@@ -381,7 +399,8 @@ class LavaFixedRunner:
             lifs[p.name].s_out.connect(e.in_port)
         cfg = lv.Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={
             lv.Injector: lv.IntInjectorModel, lv.Extractor: lv.PyLoihiExtractorModel,
-            lv.LIF: lv.PyLifModelBitAcc, lv.Sparse: lv.PySparseModelBitAcc})
+            lv.LIF: lv.PyLifModelBitAcc, lv.Sparse: lv.PySparseModelBitAcc,
+            lv.LIReadout: lv.PyLIReadoutModelBitAcc})
         raw = {p.name: np.zeros((S, B * p.n), dtype=np.float32) for p in g.populations}
         xs = x.numpy().astype(np.int32)
         bias = bias_signal(g, S).astype(np.int32)

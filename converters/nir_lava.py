@@ -15,6 +15,9 @@ Two halves:
        CubaLIF  du = dt/tau_syn   dv = dt/tau_mem  a_in = (r dt/tau_mem)(w_in dt/tau_syn) W x
        IF       du = 1            dv = 0           a_in = r W x  (r: conventions.if_gain)
        vth = v_threshold (>= 0), v_reset must be 0 (Lava's LIF resets to 0)
+       LI / CubaLI: as LIF / CubaLIF with no threshold and no reset (a *readout*: it may feed
+       Output nodes only; Lava's float LIF cannot send v, so only the fixed-point path runs it,
+       ``converters/nir_fixed.py``, where it sends its membrane v each step as a graded spike)
 
    Lava's LIF (``u = u(1-du) + a_in ; v = v(1-dv) + u + bias ; s = v > vth ; v[s] = 0``) is the
    reference's update with ``u = (r dt/tau_mem) I``. Lava's stock ``LIF`` holds one ``du``, ``dv``
@@ -65,6 +68,10 @@ from stft_neuro.converters.nir_graph import Graph, NIRGraphError
 from stft_neuro.sim import lava_runtime
 
 NEURONS = ("LIF", "CubaLIF", "IF")
+#: Leaky integrators without spikes: lowered as stages (Lava's LIF dynamics, no threshold, no
+#: reset) that only the fixed-point path runs, as readouts whose output is the membrane v
+#: (``converters/nir_fixed.py``); they may feed Output nodes only.
+READOUTS = ("LI", "CubaLI")
 
 
 class LavaMappingError(NIRGraphError):
@@ -96,6 +103,11 @@ class NeuronStage:
     @property
     def n(self) -> int:
         return int(np.prod(self.shape))
+
+    @property
+    def readout(self) -> bool:
+        """An LI/CubaLI stage: no threshold, no spikes; its output is its membrane v."""
+        return self.kind in READOUTS
 
     @property
     def needs_injector(self) -> bool:
@@ -186,7 +198,7 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
                 acc[key] = acc[key] + m if key in acc else m
             for start, v in cs.items():
                 consts[start + int(rec)] = consts.get(start + int(rec), 0) + v
-        if node.kind in NEURONS:
+        if node.kind in NEURONS + READOUTS:
             stage_in[name] = (acc, consts)
             expr[name] = basis(name)
         elif node.kind in _LINEAR:
@@ -205,9 +217,7 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
             expr[name] = ({(src, lag + k): m for (src, lag), m in acc.items()},
                           {start + k: v for start, v in consts.items()})
         else:
-            why = {"LI": "Lava's LIF sends spikes only, an LI membrane cannot be read out per step",
-                   "CubaLI": "Lava's LIF sends spikes only, a CubaLI membrane cannot be read out",
-                   "I": "Lava's LIF sends spikes only, an integrator's value cannot be read out",
+            why = {"I": "Lava's LIF sends spikes only, an integrator's value cannot be read out",
                    "Threshold": "Lava has no stateless threshold process"}[node.kind]
             raise LavaMappingError(f"node {name!r} ({node.kind}) cannot run on Lava: {why}")
 
@@ -218,18 +228,24 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
         node = graph.nodes[name]
         acc, consts = stage_in[name]
         p = node.params
-        if np.any(p["v_reset"] != 0):
+        readout = node.kind in READOUTS
+        for (src, _lag) in acc:
+            if src in stage_in and graph.nodes[src].kind in READOUTS:
+                raise LavaMappingError(f"node {src!r} ({graph.nodes[src].kind}) feeds node {name!r}: "
+                                       "a leaky integrator (no spikes) runs on Lava as a readout "
+                                       "only, read by the host (Output), not by another layer")
+        if not readout and np.any(p["v_reset"] != 0):
             raise LavaMappingError(f"node {name!r} ({node.kind}): v_reset must be 0 on Lava (its LIF "
                                    f"resets to 0), got {np.unique(p['v_reset'])[:4].tolist()}")
-        if np.any(p["v_threshold"] < 0):
+        if not readout and np.any(p["v_threshold"] < 0):
             raise LavaMappingError(f"node {name!r} ({node.kind}): v_threshold < 0 is not supported on "
                                    "Lava (neurons would spike before their aligned start)")
         n = node.size
-        if node.kind == "LIF":
+        if node.kind in ("LIF", "LI"):
             du, dv = np.ones(n), conventions.rate(dt, p["tau"]).reshape(-1)
             scale = conventions.membrane_gain(dt, p["tau"], p["r"]).reshape(-1)
             leak = conventions.leak_drive(dt, p["tau"], p["v_leak"]).reshape(-1)
-        elif node.kind == "CubaLIF":
+        elif node.kind in ("CubaLIF", "CubaLI"):
             du = conventions.rate(dt, p["tau_syn"]).reshape(-1)
             dv = conventions.rate(dt, p["tau_mem"]).reshape(-1)
             scale = (conventions.membrane_gain(dt, p["tau_mem"], p["r"])
@@ -270,17 +286,18 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
                                        "first step, behind a delay: Lava cannot start it in time")
             bias_mant = bias_mant + drive.pop(0)  # du = 1: u-drive == v-drive
         depth[name] = d
-        stages.append(NeuronStage(name, node.kind, node.out_shape, du, dv,
-                                  np.asarray(p["v_threshold"], dtype=np.float64).reshape(-1),
-                                  drive, leak, d, bias_mant))
+        vth = (np.zeros(n) if readout
+               else np.asarray(p["v_threshold"], dtype=np.float64).reshape(-1))
+        stages.append(NeuronStage(name, node.kind, node.out_shape, du, dv, vth, drive, leak, d,
+                                  bias_mant))
     outputs = {}
     for o in graph.outputs:
         terms, cs = expr[o]
         keys = list(terms)
         if (len(keys) != 1 or keys[0][1] != 0 or keys[0][0] not in stage_in or cs
                 or (terms[keys[0]] != sp.identity(terms[keys[0]].shape[0])).nnz):
-            raise LavaMappingError(f"Output node {o!r} must be fed by a spiking neuron (LIF, CubaLIF, "
-                                   "IF) on Lava, unchanged")
+            raise LavaMappingError(f"Output node {o!r} must be fed by a neuron (LIF, CubaLIF, IF, or "
+                                   "an LI/CubaLI readout) on Lava, unchanged")
         outputs[o] = keys[0][0]
     return LavaPlan(src_name, graph.nodes[src_name].out_shape, tuple(stages), tuple(conns),
                     outputs, float(dt))
@@ -328,6 +345,9 @@ def to_float_layers(plan: LavaPlan) -> list:
     for c in plan.connections:
         by_dst.setdefault(c.dst, []).append(c)
     for st in plan.stages:
+        if st.readout:
+            raise LavaMappingError(f"node {st.name!r} ({st.kind}): a readout (no spikes), not a "
+                                   "FloatLayer")
         conns = by_dst.get(st.name, [])
         if len(conns) != 1 or conns[0].src != prev or conns[0].src == st.name:
             raise LavaMappingError(f"node {st.name!r}: not a plain chain layer (fed by "
@@ -376,6 +396,11 @@ class LavaFloatRunner:
         except lava_runtime.LavaUnavailableError as exc:
             raise LavaMappingError(f"the lava backend: {exc}") from None
         plan = self.plan
+        for st in plan.stages:
+            if st.readout:
+                raise LavaMappingError(
+                    f"node {st.name!r} ({st.kind}) cannot run on Lava floating_pt: Lava's float LIF "
+                    "sends spikes only; an LI/CubaLI readout runs in fixed point (--fixed-point)")
         x = np.asarray(x, dtype=np.float64)
         B, T = int(x.shape[0]), int(x.shape[1])
         n_in = int(np.prod(plan.in_shape))

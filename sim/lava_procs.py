@@ -17,6 +17,10 @@ The project's own processes and models (everything else is Lava's, unchanged):
   ``b``'s n neurons the threshold mantissa ``vth + theta[b, l]``; a non-zero reset flag starts a new
   sequence from zero state (u = v = 0, that step's synaptic input dropped). With theta = 0 and no
   reset it is ``PyLifModelBitAcc`` exactly (tested against Lava's stock LIF).
+- :class:`LIReadout` / :class:`PyLIReadoutModelBitAcc`: a leaky-integrator readout (NIR ``LI`` /
+  ``CubaLI``) in fixed point: Lava's ``LIF`` process whose model is ``PyLifModelBitAcc``'s
+  arithmetic (``subthr_dynamics``) with no threshold and no reset, and whose ``s_out`` sends the
+  membrane ``v`` every step as int32 (a graded spike, as Loihi 2 can send it). ``vth`` is unused.
 - :class:`VecLIF` / :class:`PyVecLifModelFloat`: Lava's LIF with per-neuron ``du``, ``dv``, ``vth``
   (``floating_pt`` only), for NIR graphs whose neurons differ within a layer
   (``converters/nir_lava.py``).
@@ -47,7 +51,7 @@ from lava.proc.sparse.process import Sparse
 __all__ = ["RunSteps", "Loihi2SimCfg", "Dense", "Sparse", "PySparseModelBitAcc", "LIF",
            "PyLifModelBitAcc", "Injector", "PyLoihiInjectorModel", "IntInjectorModel", "Extractor",
            "PyLoihiExtractorModel", "BatchThetaLIF", "PyBatchThetaLifModelBitAcc", "VecLIF",
-           "PyVecLifModelFloat"]
+           "PyVecLifModelFloat", "LIReadout", "PyLIReadoutModelBitAcc"]
 
 
 class IntInjectorModel(PyLoihiInjectorModel):
@@ -103,6 +107,29 @@ class PyBatchThetaLifModelBitAcc(PyLifModelBitAcc):
         self.s_out_buff = self.spiking_activation()
         self.reset_voltage(spike_vector=self.s_out_buff)
         self.s_out.send(self.s_out_buff)
+
+
+class LIReadout(LIF):
+    """Lava's ``LIF`` process run as a leaky-integrator readout (its model:
+    :class:`PyLIReadoutModelBitAcc`): same variables and ports; ``s_out`` carries ``v``."""
+
+
+@implements(proc=LIReadout, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyLIReadoutModelBitAcc(PyLifModelBitAcc):
+    """``PyLifModelBitAcc`` without threshold and reset: ``run_spk`` is
+    ``AbstractPyLifModelFixed.run_spk`` (lava 0.10, lif/models.py) with ``spiking_activation`` and
+    ``reset_voltage`` left out, and ``s_out`` sending the updated ``v`` (int32, 24-bit) instead of
+    spikes."""
+
+    implements_process = None  # inherited from PyLifModelBitAcc; ``implements`` refuses to overwrite it
+
+    def run_spk(self) -> None:
+        a_in_data = self.a_in.recv()
+        self.scale_bias()
+        self.subthr_dynamics(activation_in=a_in_data)
+        self.s_out.send(np.asarray(self.v, dtype=np.int32).copy())
 
 
 class VecLIF(AbstractProcess):

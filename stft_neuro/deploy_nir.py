@@ -59,6 +59,10 @@ profile, one Dense per pair), a fixed-point run on --backend, and the report (sp
 events, neuron updates, NeuroBench keys, energy ESTIMATE; report.json, report.html and a table on
 stdout).
 
+An LI/CubaLI readout (read by an Output) is a population that never spikes and sends its membrane
+v to the host every step (a graded message per neuron per step; neuron updates, no spikes); its
+agreement with the float run is the correlation of its v (in float units) with the float v.
+
 Design rules: every violation is listed at once (node, parameter, rule, limit, value). With an
 error, nothing is written: the violations are printed, one line names how many, exit 1.
 
@@ -172,12 +176,15 @@ def run_fixed(fg: Any, xin: Any, backend: str) -> tuple[dict, dict, dict[str, An
     return other, activity, info
 
 
-def float_agreement(graph: Any, dt: float, x: np.ndarray, spikes: dict, lplan: Any
-                    ) -> dict[str, dict[str, float]]:
+def float_agreement(graph: Any, dt: float, x: np.ndarray, spikes: dict, lplan: Any,
+                    state_scales: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
     """Per layer, the fixed-point spikes (aligned by the layer's depth) against the float run of
     the same graph (torch simulator) on ``x`` ``(B, T, *in)``: ``equal_fraction`` (neuron-steps
     where both spike or both do not), spikes per sample of each and ``coincident`` (both spike),
-    firing rates (spikes per neuron per step) and ``rate_difference`` (fixed - float)."""
+    firing rates (spikes per neuron per step) and ``rate_difference`` (fixed - float). An LI/CubaLI
+    readout (no spikes; ``spikes`` holds its integer v) is compared by value: its v in float units
+    (divided by ``state_scales[layer]``) against the float run's v: ``correlation``,
+    ``max_abs_difference``, ``float_abs_max``; its rates are 0."""
     import torch
 
     from stft_neuro.converters.nir_torch import TorchSimulator
@@ -186,6 +193,19 @@ def float_agreement(graph: Any, dt: float, x: np.ndarray, spikes: dict, lplan: A
     rec = TorchSimulator(graph, dt).run(torch.from_numpy(x), record=True)
     out = {}
     for st in lplan.stages:
+        if st.readout:
+            a = (spikes[st.name][st.depth:st.depth + T].numpy().transpose(1, 0, 2).astype(np.float64)
+                 / (state_scales or {}).get(st.name, 1.0))
+            b = rec[st.name].numpy().reshape(B, T, -1).astype(np.float64)
+            ok = a.size > 1 and np.std(a) > 0 and np.std(b) > 0
+            out[st.name] = {"readout": True,
+                            "correlation": float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+                            if ok else float("nan"),
+                            "max_abs_difference": float(np.abs(a - b).max(initial=0.0)),
+                            "float_abs_max": float(np.abs(b).max(initial=0.0)),
+                            "spikes_fixed": 0.0, "spikes_float": 0.0, "coincident": 0.0,
+                            "rate_fixed": 0.0, "rate_float": 0.0, "rate_difference": 0.0}
+            continue
         a = spikes[st.name][st.depth:st.depth + T].numpy().transpose(1, 0, 2) != 0
         b = rec[st.name].numpy().reshape(B, T, -1) != 0
         n = a.size or 1
@@ -226,7 +246,8 @@ def fixed_graph_report(fg: Any, xin: Any, spikes: dict, activity: dict,
                                    activity, dest_cores(fg, mapping, host_layers), host_layers)
     rep = build_report(counts, fixed_graph_static(fg), None, consts, source=dict(source),
                        host_why="a NIR graph has no host side")
-    extras = {"sample_spikes": [np.asarray(s[:, 0]) for s in spikes.values()],
+    readouts = {p.layer for p in fg.populations if p.readout}   # send v, not spikes: not plotted
+    extras = {"sample_spikes": [np.asarray(s[:, 0]) for k, s in spikes.items() if k not in readouts],
               "sample_theta": None, "sample_label": "sample 0"}
     return rep, extras
 
@@ -344,10 +365,11 @@ def format_deploy(rep: dict[str, Any]) -> str:
               f"{'du/dv/vth clip':>14} {'equal':>7} {'rate fixed':>10} {'rate float':>10}"]
     for name, lq in q["layers"].items():
         a = ag[name]
+        tail = (f"readout v: correlation {a['correlation']:.4f} with the float run" if a.get("readout")
+                else f"{a['equal_fraction']:>7.2%} {a['rate_fixed']:>10.4f} {a['rate_float']:>10.4f}")
         lines.append(f"{name[:16]:<16} {lq['profiles']:>8} {lq['weight_exp']:>5} "
                      f"{lq['weights_saturated']:>6} {lq['weights_zeroed']:>7} {lq['bias_saturated']:>6} "
-                     f"{lq['du_clipped']:>4}/{lq['dv_clipped']}/{lq['vth_clipped']:<5} "
-                     f"{a['equal_fraction']:>7.2%} {a['rate_fixed']:>10.4f} {a['rate_float']:>10.4f}")
+                     f"{lq['du_clipped']:>4}/{lq['dv_clipped']}/{lq['vth_clipped']:<5} {tail}")
     return "\n".join(lines) + "\n\n" + format_table(rep)
 
 
@@ -389,7 +411,8 @@ def main(args: argparse.Namespace) -> int:
     xin = torch.cat([payloads, payloads.new_zeros(B, lplan.max_depth, payloads.shape[2])], 1)
     xin = xin.transpose(0, 1).contiguous()                                     # (S, B, n_in)
     spikes, activity, run_info = run_fixed(fg, xin, args.backend)
-    agreement = float_agreement(graph, dt, x, spikes, lplan)
+    agreement = float_agreement(graph, dt, x, spikes, lplan,
+                                {p.layer: p.state_scale for p in fg.populations if p.readout})
 
     from stft_neuro.hw_targets.loihi2.graph_file import graph_header, save_graph
     rep, extras = fixed_graph_report(fg, xin, spikes, activity, host_layers, consts,

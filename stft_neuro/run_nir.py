@@ -29,7 +29,8 @@ input array and write its output.
 Supported nodes: Input, Output, Affine, Linear, Scale, LIF, CubaLIF, IF, LI, CubaLI, I, Threshold,
 Delay, Flatten, Conv1d, Conv2d, SumPool2d, AvgPool2d, nested NIRGraph, recurrent edges (a cycle
 through a neuron: the edge leaving the neuron carries the previous step, as snnTorch's RLeaky).
-The lava backend runs LIF, CubaLIF, IF, the linear nodes between them and uniform Delays.
+The lava backend runs LIF, CubaLIF, IF, the linear nodes between them and uniform Delays (and, in
+fixed point only, an LI/CubaLI readout read by an Output; see 'Fixed point').
 
 Time: NIR stores no timestep. dt is --dt if given, else the graph's metadata "dt", else 1e-4 s
 (the snnTorch/NIR-paper convention); the dt used is printed. Forward Euler, synaptic current
@@ -52,7 +53,11 @@ graph that the lava backend runs is quantized by the project's one quantizer (th
 percentile of |input| maps to the largest --input-bits payload): a plain chain with one du, dv and
 threshold per layer as the STFT plan; anything else (per-neuron parameters, recurrence, biases into
 a synaptic current, convolutions) as a graph of populations, one Lava LIF per quantized (du, dv,
-vth) profile, at most 8 profiles per layer (converters/nir_fixed.py). The report says what
+vth) profile, at most 8 profiles per layer (converters/nir_fixed.py). An LI or CubaLI node read by
+an Output (a readout, as snnTorch, Norse or Rockpool end a network) runs as a population that never
+spikes and sends its membrane v every step (a graded spike; Lava's LIF arithmetic without threshold
+and reset): the output written is then that v converted back to the graph's float units (the
+integer v divided by the layer's state scale), not spikes. The report says what
 saturated and how far the fixed-point output is from the float run of the same graph. --report in
 fixed point counts either kind: a plain chain by its plan, a graph of populations as `stft-neuro
 deploy` reports it (per-layer spikes, synaptic events, neuron updates, NeuroBench keys, energy).
@@ -91,7 +96,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="input array (T, ...) or (B, T, ...), '...' the Input node's shape; "
                         "loaded without pickle")
     p.add_argument("--out", required=True, metavar="OUT.npy",
-                   help="output array, same layout as the input: (T, ...) or (B, T, ...), float32")
+                   help="output array, same layout as the input: (T, ...) or (B, T, ...), float32 "
+                        "(spikes; for an LI/CubaLI readout its membrane v, in fixed point converted "
+                        "to float units)")
     p.add_argument("--backend", choices=("torch", "reference", "lava"), default=None,
                    help="torch: step-by-step torch simulation (float32, reproduces snnTorch; with "
                         "--fixed-point the fixed-point arithmetic's definition); lava: Lava "
@@ -261,7 +268,8 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run ``graph`` (read from ``file``) in Loihi 2 fixed point on ``x`` ``(B, T, n_in)``.
 
-    Returns ``({output node: (B, T, n) spikes}, info)`` aligned to input time like the float path.
+    Returns ``({output node: (B, T, n) spikes, or an LI/CubaLI readout's v in float units}, info)``
+    aligned to input time like the float path.
     A graph exported by stft-neuro runs its own plan (``converters.nir_out.plan_from_nir``); any
     other plain chain is quantized by ``quantize.plan_from_float`` (see the command's help), any
     other graph by ``nir_fixed.quantize_graph``. ``bundle``: ``(fixed-point graph, header)`` of a
@@ -374,9 +382,15 @@ def fixed_point_run(file: str, graph: Any, x: np.ndarray, backend: str, dt: floa
         src = [s for s, _ in graph.incoming[o]]
         if len(src) != 1 or src[0] not in stage_index:
             raise UserError(f"{file}: Output {o!r} does not read a neuron layer; fixed point "
-                            "writes spikes of LIF layers only")
+                            "writes spikes of LIF layers (or an LI readout's v) only")
         l = stage_index[src[0]]
-        y = spikes[l][depth[l]:depth[l] + T].transpose(0, 1).numpy().astype(np.float32)
+        y = spikes[l][depth[l]:depth[l] + T].transpose(0, 1).numpy().astype(np.float64)
+        if lplan.stages[l].readout:  # integer v -> float units (one state scale per layer)
+            y = y / fgraph.of_layer(src[0])[0].state_scale
+            info.setdefault("readouts", {})[o] = {
+                "node": src[0], "state_scale": fgraph.of_layer(src[0])[0].state_scale,
+                "output": "membrane v in float units (integer v / state_scale)"}
+        y = y.astype(np.float32)
         out[o] = y.reshape(B, T, *lplan.stages[l].shape)  # (B, T, *node shape), as the float path
     info.update(depth={st.name: d for st, d in zip(lplan.stages, depth)}, extra_zero_steps=extra,
                 seconds=time.perf_counter() - t0)
@@ -427,8 +441,16 @@ def main(args: argparse.Namespace) -> int:
                   "scale; not re-calibrated)", file=sys.stderr)
         float_out, _ = run_graph(graph, x, "torch", dt, dt_source)
         a, b = out[output], float_out[output]
-        info["vs_float"] = {"equal_fraction": float(np.mean(a == b)),
-                            "spikes_fixed": float(a.sum()), "spikes_float": float(b.sum())}
+        if output in info.get("readouts", {}):
+            ok = a.size > 1 and np.std(a) > 0 and np.std(b) > 0
+            info["vs_float"] = {"readout": True,
+                                "correlation": float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+                                if ok else float("nan"),
+                                "max_abs_difference": float(np.max(np.abs(a - b))),
+                                "float_abs_max": float(np.max(np.abs(b)))}
+        else:
+            info["vs_float"] = {"equal_fraction": float(np.mean(a == b)),
+                                "spikes_fixed": float(a.sum()), "spikes_float": float(b.sum())}
     else:
         out, info = run_graph(graph, x, args.backend, dt, dt_source)
     y = out[output]
@@ -476,8 +498,15 @@ def main(args: argparse.Namespace) -> int:
                           + (f", {q['weights_saturated']} weights saturated"
                              if "weights_saturated" in q else ""))
             vf = info["vs_float"]
-            extra += (f"\nvs the float run of the same graph: {vf['equal_fraction']:.2%} of output "
-                      f"values equal; spikes {vf['spikes_fixed']:g} (fixed) vs {vf['spikes_float']:g} (float)")
+            if vf.get("readout"):
+                extra += (f"\noutput {output!r} is the readout {info['readouts'][output]['node']!r}'s "
+                          "membrane v in float units; vs the float run of the same graph: "
+                          f"correlation {vf['correlation']:.4f}, largest |difference| "
+                          f"{vf['max_abs_difference']:.4g} (float |v| up to {vf['float_abs_max']:.4g})")
+            else:
+                extra += (f"\nvs the float run of the same graph: {vf['equal_fraction']:.2%} of "
+                          f"output values equal; spikes {vf['spikes_fixed']:g} (fixed) vs "
+                          f"{vf['spikes_float']:g} (float)")
         print(f"dt = {dt:g} s ({dt_source})\n"
               f"backend {args.backend}: {B} sample(s) x {T} steps, input {tuple(in_shape)} -> "
               f"output {output!r} {graph.nodes[output].in_shape} in {info['seconds']:.3f} s{extra}\n"

@@ -30,7 +30,7 @@ from stft_neuro.hw_targets.loihi2 import rules as R
 from stft_neuro.hw_targets.loihi2.graph_file import load_graph
 from stft_neuro.hw_targets.loihi2.network import GRAPH_INPUT
 
-from test_nir_fixed_errors import _li
+from test_nir_fixed_errors import _li_hidden
 from test_nir_graphs import sinabs_graph
 from test_nir_fixed_graphs import snn_net
 
@@ -229,13 +229,13 @@ def test_every_rule_of_the_plan_is_applied_or_said_why():
 def test_bad_inputs_one_line_no_output(tmp_path, capsys):
     graph, x = case("cnn")
     nir.write(tmp_path / "cnn.nir", graph)
-    nir.write(tmp_path / "li.nir", _li())
+    nir.write(tmp_path / "li.nir", _li_hidden())
     (tmp_path / "text.nir").write_text("not a graph")
     bad = {
         "wrong file": ("text.nir", x, "not a readable HDF5/NIR file"),
         "wrong shape": ("cnn.nir", np.ones((2, 10, 128)), "does not fit the graph's input"),
         "NaN input": ("cnn.nir", np.full((10, 2, 8, 8), np.nan), "NaN or infinite"),
-        "unsupported node": ("li.nir", np.ones((5, 3)), "node 'readout' (LI) cannot run on Lava"),
+        "unsupported node": ("li.nir", np.ones((5, 3)), "node 'readout' (LI) feeds node 'lif'"),
         "bad input bits": ("cnn.nir", x, "--input-bits must be 2..8"),
     }
     for name, (file, arr, words) in bad.items():

@@ -1,6 +1,7 @@
 """Every path of ``stft-neuro run-nir``: each backend (torch, Lava floating_pt, and the fixed-point
 reference, torch definition and Lava fixed_pt) on each kind of graph (a Sinabs-style CNN, snnTorch
-Leaky / Synaptic / RLeaky, an LI readout, a reset Lava cannot do, a negative threshold) and with bad
+Leaky / Synaptic / RLeaky, an LI readout (run in fixed point; refused on Lava floating_pt), an LI
+feeding another layer, a reset Lava cannot do, a negative threshold) and with bad
 inputs either writes the output in the input's layout or ends in one line ``stft-neuro: error: ...``
 naming the node and rule, exit 1, no output file (partial or temporary), no traceback.
 
@@ -18,7 +19,7 @@ import pytest
 
 from stft_neuro.cli import main
 
-from test_nir_errors import _graph, good_graph
+from test_nir_errors import _graph, _lif, good_graph
 from test_nir_graphs import sinabs_graph
 from test_nir_snntorch import snntorch_case
 
@@ -36,6 +37,17 @@ def _li():
                   [("input", "fc"), ("fc", "readout"), ("readout", "output")])
 
 
+def _li_hidden():
+    """An LI in the middle (a layer reads its v): Lava runs LI as a readout only: refused."""
+    return _graph({"input": nir.Input(input_type=np.array([3])),
+                   "fc": nir.Affine(weight=np.ones((4, 3)), bias=np.zeros(4)),
+                   "readout": nir.LI(tau=np.full(4, 2e-4), r=np.ones(4), v_leak=np.zeros(4)),
+                   "fc2": nir.Affine(weight=np.ones((4, 4)), bias=np.zeros(4)),
+                   "lif": _lif(4), "output": nir.Output(output_type=np.array([4]))},
+                  [("input", "fc"), ("fc", "readout"), ("readout", "fc2"), ("fc2", "lif"),
+                   ("lif", "output")])
+
+
 def graphs():
     """name -> (nir graph, input (B, T, *in) or (T, *in), output shape per step)."""
     g = {"sinabs": (sinabs_graph(), np.random.default_rng(0).random((2, 6, 2, 8, 8)) * 2, (10,))}
@@ -43,15 +55,17 @@ def graphs():
         _, x, _, gr = snntorch_case(kind, B=2, T=8)
         g[kind] = (gr, x.numpy(), (10,))
     g["li"] = (_li(), np.ones((5, 3)), (4,))
+    g["li_hidden"] = (_li_hidden(), np.ones((5, 3)), (4,))
     g["vreset"] = (good_graph(v_reset=np.full(4, 0.2)), np.ones((5, 3)), (4,))
     g["negthr"] = (good_graph(v_threshold=np.full(4, -0.2)), np.ones((5, 3)), (4,))
     return g
 
 
 #: what must happen: None = the output is written; a string = the one-line error contains it.
-LAVA_LI = "node 'readout' (LI) cannot run on Lava"
-EXPECT = {
-    ("li", m): LAVA_LI for m in ("reference", "torch-fixed", "lava", "lava-fixed")} | {
+LAVA_LI = "node 'readout' (LI) cannot run on Lava floating_pt"
+EXPECT = {("li", "lava"): LAVA_LI} | {
+    ("li_hidden", m): "node 'readout' (LI) feeds node 'lif'" for m in
+    ("reference", "torch-fixed", "lava", "lava-fixed")} | {
     ("vreset", m): "node 'lif' (LIF): v_reset must be 0" for m in
     ("reference", "torch-fixed", "lava", "lava-fixed")} | {
     ("negthr", m): "node 'lif' (LIF): v_threshold < 0" for m in

@@ -210,6 +210,20 @@ def lif_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tens
     return s.to(out_dtype) if not s.is_floating_point() else s, u, v
 
 
+#: A threshold mantissa that no 24-bit ``v`` exceeds: ``(2**17) << 6 = 2**23 > V_MAX``.
+NO_SPIKE_VTH: int = (C.V_MAX >> C.VTH_SHIFT) + 1
+
+
+def li_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tensor
+            ) -> tuple[Tensor, Tensor]:
+    """One step of a leaky-integrator readout (NIR ``LI``/``CubaLI`` on Loihi 2): :func:`lif_step`'s
+    arithmetic (decays, ``a << 6``, u wrap, v clip) with no threshold and no reset; ``v`` is what
+    the neuron sends (a graded spike). Exactly ``lif_step`` with a threshold ``v`` cannot reach
+    (:data:`NO_SPIKE_VTH`). Returns ``(u, v)``; Lava: ``sim/lava_procs.PyLIReadoutModelBitAcc``."""
+    _, u, v = lif_step(a_in, u, v, du=du, dv=dv, bias=bias, vth=NO_SPIKE_VTH)
+    return u, v
+
+
 # ----------------------------------------------------------------------------------------------
 # The whole chip side, one step (the definition every backend must equal)
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ def graph_header(g: FixedPointGraph, input_scale: float, dt: float) -> dict[str,
             "layers": [list(x) for x in g.layers], "depth": [list(x) for x in g.depth],
             "bias_inputs": list(g.bias_inputs),
             "populations": [{"name": p.name, "layer": p.layer, "du": p.du, "dv": p.dv,
-                             "vth": p.vth, "bias_exp": p.bias_exp} for p in g.populations],
+                             "vth": p.vth, "bias_exp": p.bias_exp,
+                             **({"readout": True, "state_scale": float(p.state_scale)}
+                                if p.readout else {})} for p in g.populations],
             "projections": [{"src": p.src, "dst": p.dst, "weight_exp": int(p.weight_exp),
                              "num_message_bits": int(p.num_message_bits)}
                             for p in g.projections]}
@@ -66,7 +68,8 @@ def load_graph(path: str | Path) -> tuple[FixedPointGraph, dict[str, Any]]:
                                   f" is not {GRAPH_FORMAT!r} version {GRAPH_VERSION}")
         pops = tuple(Population(p["name"], p["layer"], arr[f"populations.{i}.index"].astype(np.int64),
                                 int(p["du"]), int(p["dv"]), int(p["vth"]),
-                                arr[f"populations.{i}.bias_mant"].astype(np.int64), int(p["bias_exp"]))
+                                arr[f"populations.{i}.bias_mant"].astype(np.int64), int(p["bias_exp"]),
+                                bool(p.get("readout", False)), float(p.get("state_scale", 1.0)))
                      for i, p in enumerate(h["populations"]))
         projs = tuple(Projection(p["src"], p["dst"], arr[f"projections.{j}.weight"].astype(np.int64),
                                  int(p["weight_exp"]), int(p["num_message_bits"]))

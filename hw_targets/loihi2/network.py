@@ -219,6 +219,12 @@ class Population:
         index: ``(n,)`` positions of its neurons in the layer's flat output (ascending).
         du, dv, vth, bias_exp: as :class:`FixedPointLayer`.
         bias_mant: ``(n,)`` bias mantissas (13-bit signed), added to v from Lava step 0.
+        readout: a leaky integrator (NIR ``LI``/``CubaLI``): Lava's LIF arithmetic without
+            threshold and reset (never spikes, ``vth`` unused, 0); what it sends each step is its
+            membrane ``v`` (a graded spike, int32), one value per neuron per step. A readout
+            feeds no projection (only the host reads it).
+        state_scale: integer LSBs of ``u`` and ``v`` per float unit of the layer (the quantizer's
+            ``S``): a readout's ``v / state_scale`` is its value in the float graph's units.
     """
 
     name: str
@@ -229,6 +235,8 @@ class Population:
     vth: int
     bias_mant: np.ndarray
     bias_exp: int
+    readout: bool = False
+    state_scale: float = 1.0
 
     @property
     def n(self) -> int:

@@ -355,6 +355,10 @@ def count_fixed_graph_run(graph: Any, payloads: np.ndarray, spikes: Mapping[str,
     A layer's synaptic events are those of every Dense into its populations: from the host's
     payloads, from spikes (its own one step earlier for a recurrent Dense) and from the constant
     bias sources (1 while switched on, ``nir_fixed.bias_signal``), each booked at the step sent.
+
+    A readout layer (populations with ``readout``: NIR LI/CubaLI) has neuron updates but no
+    spikes (``spikes`` holds its v there); what it sends the host is its v, one message per neuron
+    per step (counted in ``chip_to_host_spikes``, graded).
     """
     from stft_neuro.converters.nir_fixed import bias_signal
     from stft_neuro.hw_targets.loihi2.network import GRAPH_INPUT
@@ -392,17 +396,24 @@ def count_fixed_graph_run(graph: Any, payloads: np.ndarray, spikes: Mapping[str,
             if src not in srcs:
                 srcs.append(src)
                 fan_in += graph.source_size(pr.src) if not pr.src.startswith("bias:") else 1
+        readout = any(p.readout for p in graph.of_layer(name))
         active = np.asarray(activity[name]["active"], np.int64)
         nb = B * n + int(np.asarray(activity[name]["v_changed"])[1:].sum()) if S else 0
         layers[name] = LayerCounts(
-            name=name, kind="Dense+LIF", neurons=n, spiking=True,
-            spikes=np.asarray(spikes[name]).astype(np.int64).sum(axis=(1, 2)),
+            name=name, kind="Dense+LI" if readout else "Dense+LIF", neurons=n, spiking=not readout,
+            spikes=(np.zeros(S, np.int64) if readout
+                    else np.asarray(spikes[name]).astype(np.int64).sum(axis=(1, 2))),
             active_updates=active, inactive_updates=B * n - active, nb_membrane_updates=nb,
             synaptic_events=ev, acs=acs, macs=macs, dense_ops=dense, fan_in=fan_in, synapses=syn,
             weights=nw, parameters=nw + n, source=",".join(srcs) or None, graded_input=graded,
             dest_cores=int(dest_cores.get(name, 1)))
     zeros = np.zeros(S, np.int64)
-    to_host = sum((np.asarray(spikes[o]).astype(np.int64).sum(axis=(1, 2)) for o in outputs), zeros)
+    def host_messages(o: str) -> np.ndarray:  # a readout sends v: every neuron, every step
+        if any(p.readout for p in graph.of_layer(o)):
+            return np.full(S, B * dict(graph.layers)[o], np.int64)
+        return np.asarray(spikes[o]).astype(np.int64).sum(axis=(1, 2))
+
+    to_host = sum((host_messages(o) for o in outputs), zeros)
     return RunCounts(samples=B, steps=S, layers=layers,
                      payload_messages=(x != 0).sum(axis=(1, 2)).astype(np.int64),
                      theta_messages=zeros, theta_nonzero=zeros, chip_to_host_spikes=to_host,
