@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -256,30 +254,6 @@ def fixed_graph_report(fg: Any, xin: Any, spikes: dict, activity: dict,
 # the bundle
 
 
-def write_folder(out: Path, force: bool, write: Any) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``out``, then rename it to ``out``: the folder
-    is complete or absent (an existing one is replaced only with ``force``, after success)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = None
-    try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        for p in (tmp, *tmp.iterdir()):  # mkdtemp/mkstemp make 0700/0600: the umask's modes
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old.{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def load_bundle(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     """A deploy bundle folder, verified: every file of ``manifest.json`` present with its SHA-256,
     then ``graph.safetensors`` loaded -> ``(fixed-point graph, its header)``. One-line
@@ -428,9 +402,10 @@ def main(args: argparse.Namespace) -> int:
         "bundle": {"format": FORMAT, "version": VERSION, "plan": GRAPH_FILE, "nir": NIR_FILE,
                    "netx": NETX_WHY}}
 
-    def write(tmp: Path) -> None:
-        from stft_neuro.export.bundle import sha256
-        from stft_neuro.report.cli import emit
+    from stft_neuro.checkpoint import atomic_folder
+    from stft_neuro.export.bundle import sha256
+    from stft_neuro.report.cli import emit
+    with atomic_folder(out) as tmp:   # the bundle is complete or absent
         save_graph(fg, tmp / GRAPH_FILE, qinfo["input_scale"], dt)
         header = {**graph_header(fg, qinfo["input_scale"], dt), "plan_sha256": sha256(tmp / GRAPH_FILE)}
         rep["deploy"]["bundle"]["nir_note"] = _nir_with_metadata(args.file, tmp / NIR_FILE, header)
@@ -440,8 +415,6 @@ def main(args: argparse.Namespace) -> int:
         manifest = {"format": FORMAT, "version": VERSION, "source": str(args.file),
                     "files": {f: sha256(tmp / f) for f in files}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-    write_folder(out, args.force, write)
     if args.json:
         print(json.dumps(rep, indent=2, default=float))
     else:
