@@ -44,52 +44,20 @@ from stft_neuro.checkpoint import load_run
 from stft_neuro.data import load_benchmark
 from stft_neuro.hw_targets.loihi2.energy import chip_energy
 from stft_neuro.hw_targets.loihi2.weights import lava_effective_weights
-from stft_neuro.model.host import valid_mask
-from stft_neuro.protocol import distances, harmonic_mean, mean_per_class_accuracy, predict
-from stft_neuro.sim.reference import ReferenceSimulator
+from stft_neuro.protocol import harmonic_mean, mean_per_class_accuracy
+from stft_neuro.simulate.early_exit import per_step_predictions
 
 from stft_neuro.machine import cpu_name
 
 AGREEMENTS = (0.99, 0.95)
 
 
-@torch.no_grad()
 def per_step(model, bench, plan, names, bias, batch=128):
-    """-> preds (T, N) as if stopped after each step, labels (N,), payloads, spikes, theta."""
-    br = model.spiking
-    sim = ReferenceSimulator(plan)
-    class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings)).numpy()
-    seen, unseen = bench.seen(2), bench.unseen(2)
-    candidates = np.concatenate([seen, unseen])
-    preds, margins, labels, xs, sps, ths = [], [], [], [], [], []
-    for name in names:
-        sp = bench.splits[name]
-        for i in range(0, len(sp.labels), batch):
-            a, v, n = (torch.as_tensor(np.asarray(t[i:i + batch])) for t in (sp.audio, sp.visual, sp.lengths))
-            r = model.transformer(a, v, valid_mask(n, a.shape[1]))
-            x, g = br.encode(a, v, n)
-            rec = br.drive(x, g, sim)
-            last = rec.spikes[-1]
-            T = last.shape[0]
-            step = torch.arange(T)[:, None, None]
-            p, mg = [], []
-            for t in range(T):
-                s = br.readout(torch.where(step <= t, last, torch.zeros_like(last)))
-                dist = distances(model.joint_from(r, s).numpy(), class_emb)
-                p.append(predict(dist, candidates, seen, bias))
-                adj = dist[:, candidates] + np.where(np.isin(candidates, seen), bias, 0.0)
-                two = np.sort(adj, axis=1)[:, :2]
-                mg.append(two[:, 1] - two[:, 0])          # confidence: the runner-up's extra distance
-            preds.append(np.stack(p))
-            margins.append(np.stack(mg))
-            labels.append(np.asarray(sp.labels[i:i + batch]))
-            xs.append(plan.encode_input(x))
-            sps.append(rec.spikes)
-            ths.append(rec.theta)
-    spikes = [torch.cat([s[l] for s in sps], 1) for l in range(plan.num_layers)]
-    theta = None if ths[0] is None else torch.cat(ths, 1)
-    return (np.concatenate(preds, 1), np.concatenate(margins, 1), np.concatenate(labels),
-            torch.cat(xs, 1), spikes, theta)
+    """-> preds (T, N) as if stopped after each step, margins (T, N), labels (N,), payloads,
+    spikes, theta (``simulate/early_exit.per_step_predictions``). Candidates are stage 2's
+    classes for every split, the validation rows included, as this benchmark's tables were made
+    (``simulate --early-exit`` calibrates among stage 1's)."""
+    return per_step_predictions(model, bench, plan, bias, 2, names, batch, records=True)
 
 
 def exit_steps(preds: np.ndarray, m: int, first: int = 0) -> np.ndarray:

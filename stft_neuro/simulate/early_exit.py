@@ -228,26 +228,31 @@ def choose_rule(preds: np.ndarray, margins: np.ndarray, labels: np.ndarray, seen
 
 
 @torch.no_grad()
-def validation_predictions(model: Any, bench: Any, plan: Any, bias: float, batch: int = 256
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Predictions and margins after every step (T, N) and labels (N,) of the stage-1 validation
-    samples: the run's torch host drives the reference simulator of ``plan`` over all T steps."""
+def per_step_predictions(model: Any, bench: Any, plan: Any, bias: float, stage: int,
+                         splits: Sequence[str], batch: int = 256, records: bool = False) -> tuple:
+    """Predictions and margins after every step, ``(T, N)`` each, and labels ``(N,)`` of the
+    samples of ``splits``, ranked among stage ``stage``'s classes: the run's torch host drives the
+    reference simulator of ``plan`` over all T steps (a step's spikes do not depend on later
+    steps, so the prediction after step t is that of a run stopped there). With ``records``, also
+    what ran: the payloads sent ``(T, N, n_in)``, every layer's spikes ``(T, N, n_l)`` and the
+    thetas ``(T, N, L)`` (None with static thresholds)."""
     from stft_neuro.model.host import valid_mask
     from stft_neuro.sim.reference import ReferenceSimulator
 
     br = model.spiking
     sim = ReferenceSimulator(plan)
     class_emb = model.embed_classes(torch.as_tensor(bench.class_embeddings)).float().numpy()
-    seen, unseen = bench.seen(1), bench.unseen(1)
+    seen, unseen = bench.seen(stage), bench.unseen(stage)
     candidates = np.concatenate([seen, unseen])
-    preds, margins, labels = [], [], []
-    for name in VALIDATION_SPLITS:
+    preds, margins, labels, xs, sps, ths = [], [], [], [], [], []
+    for name in splits:
         sp = bench.splits[name]
         for i in range(0, len(sp.labels), batch):
             a, v, n = (torch.as_tensor(np.asarray(t[i:i + batch])) for t in (sp.audio, sp.visual, sp.lengths))
             r = model.transformer(a, v, valid_mask(n, a.shape[1]))
             x, g = br.encode(a, v, n)
-            last = br.drive(x, g, sim).spikes[-1]                           # (T, B, n_L)
+            rec = br.drive(x, g, sim)
+            last = rec.spikes[-1]                                            # (T, B, n_L)
             T = int(last.shape[0])
             step = torch.arange(T)[:, None, None]
             p, m = [], []
@@ -260,9 +265,26 @@ def validation_predictions(model: Any, bench: Any, plan: Any, bias: float, batch
             preds.append(np.stack(p))
             margins.append(np.stack(m))
             labels.append(np.asarray(sp.labels[i:i + batch], dtype=np.int64))
+            if records:
+                xs.append(plan.encode_input(x))
+                sps.append(rec.spikes)
+                ths.append(rec.theta)
     if not labels:
+        raise EarlyExitError(f"early exit: no samples in {', '.join(splits)}")
+    out = (np.concatenate(preds, 1), np.concatenate(margins, 1), np.concatenate(labels))
+    if not records:
+        return out
+    spikes = [torch.cat([s[l] for s in sps], 1) for l in range(plan.num_layers)]
+    theta = None if ths[0] is None else torch.cat(ths, 1)
+    return (*out, torch.cat(xs, 1), spikes, theta)
+
+
+def validation_predictions(model: Any, bench: Any, plan: Any, bias: float, batch: int = 256
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`per_step_predictions` of the stage-1 validation samples: what the rule is calibrated on."""
+    if not any(len(bench.splits[name].labels) for name in VALIDATION_SPLITS):
         raise EarlyExitError("early exit: the benchmark has no stage-1 validation samples to calibrate on")
-    return np.concatenate(preds, 1), np.concatenate(margins, 1), np.concatenate(labels)
+    return per_step_predictions(model, bench, plan, bias, 1, VALIDATION_SPLITS, batch)
 
 
 def calibrate(model: Any, bench: Any, plan: Any, bias: float, max_hm_drop: float = DEFAULT_MAX_HM_DROP,
