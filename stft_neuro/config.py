@@ -97,6 +97,14 @@ class SpikingConfig:
     neuron's synaptic drive has standard deviation ``init_drive_std`` and steady mean
     ``init_drive_mean`` (both in thresholds), inside the range where LIF rates are graded
     rather than a saturated sign code (``ChipNetwork.graded_init`` says why).
+    ``saliency``: 0 (off), 1 or 2 heads of **spike-driven temporal pooling** (issue #16;
+    ``model/saliency.py``): the host bins the features into ``num_steps - L`` steps and sends L
+    zero steps after them (the chip's pipeline delay), and per head a softmax over the steps of a
+    linear score of the last layer's spikes weights the host's per-step features: one head pools
+    audio and visual alike, two pool each modality with its own weights (the generator's visual
+    event may be shifted by a second from the audio one). The pooled features join the readout
+    (``STFT.readout``). The chip then decides *when* the sample's evidence is; the host reads
+    *what* it is.
     """
 
     enabled: bool = True
@@ -121,6 +129,7 @@ class SpikingConfig:
     init: str = "default"
     init_drive_std: float = 0.1
     init_drive_mean: float = 0.1
+    saliency: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,12 @@ class FusionConfig:
     ``word_geometry``: the class word table the model sees (``model/word_geometry.py``: ``raw``,
     ``centred``, ``centred_unit``). ``skip``: the linear paths beside the fusion into the joint
     embedding (``STFT.joint_from``): ``transformer`` (``W r``), ``spiking`` (``W s``) or ``both``.
+    ``readout``: ``"trained"`` (the joint projection is trained with the losses, as in the paper) or
+    ``"ridge"``: after training, the last linear map is refitted in closed form (ridge regression,
+    ``model/ridge_readout.py``) from the readout's features (the fusion's pre-projection vector and,
+    with ``spiking.saliency``, the spike-pooled features) to the class word table, the ridge family
+    member (word geometry, intercept, lambda) chosen on stage-1 validation at every epoch (issue #16:
+    at real size the trained projections overfit the seen classes, a closed-form map does not).
     ``transformer_dropout``: in training, the probability that a sample's transformer vector ``r``
     is zeroed before the readout (modality dropout; ``STFT.forward``), so that the joint embedding
     must also be predictable from the spiking branch alone and the branch is trained to carry the
@@ -168,6 +183,7 @@ class FusionConfig:
     word_geometry: str = "auto"
     skip: str = "auto"
     transformer_dropout: float = 0.0
+    readout: str = "trained"
 
 
 @dataclass(frozen=True)
@@ -341,8 +357,8 @@ def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
 #: ``from_run_dict`` fills them in when a stored config.json lacks them (a run folder records the
 #: config it trained with; the defaults may have moved since).
 LEGACY_VALUES: dict[str, dict[str, Any]] = {
-    "spiking": {"readout_after_latency": False, "head": False, "init": "default"},
-    "fusion": {"word_geometry": "raw", "skip": "transformer", "transformer_dropout": 0.0},
+    "spiking": {"readout_after_latency": False, "head": False, "init": "default", "saliency": 0},
+    "fusion": {"word_geometry": "raw", "skip": "transformer", "transformer_dropout": 0.0, "readout": "trained"},
 }
 
 
@@ -424,6 +440,11 @@ def validate(cfg: Config) -> None:
         (cfg.fusion.text_projection in ("mlp", "linear"), "fusion.text_projection must be mlp or linear"),
         (cfg.fusion.word_geometry in ("raw", "centred", "centred_unit"),
          "fusion.word_geometry must be raw, centred or centred_unit"),
+        (cfg.spiking.saliency in (0, 1, 2), "spiking.saliency must be 0 (off), 1 or 2 heads"),
+        (not cfg.spiking.saliency or cfg.spiking.num_steps > len(cfg.spiking.hidden),
+         "spiking.num_steps must exceed the number of chip layers (spiking.hidden) with "
+         "spiking.saliency: the host sends num_steps - L binned steps, then L zero steps"),
+        (cfg.fusion.readout in ("trained", "ridge"), "fusion.readout must be trained or ridge"),
         (cfg.fusion.skip in ("transformer", "spiking", "both"),
          "fusion.skip must be transformer, spiking or both"),
         (len(cfg.fusion.ranks) >= 1 and min(cfg.fusion.ranks) >= 1, "fusion.ranks must list positive ranks"),

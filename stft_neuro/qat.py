@@ -29,6 +29,8 @@ from stft_neuro.data import load_benchmark
 from stft_neuro.data.benchmark import Benchmark, Split
 from stft_neuro.errors import CheckpointError
 from stft_neuro.model.stft import STFT
+from stft_neuro.baselines.ridge import RidgeVariant
+from stft_neuro.readout_fit import fit_readout
 from stft_neuro.distributed import LOCAL, DataParallel
 # calibrate, CALIBRATION_SAMPLES: re-exported (the calibration lives with the run's stored plan)
 from stft_neuro.run_plan import CALIBRATION_SAMPLES, calibrate, run_plan  # noqa: F401
@@ -122,6 +124,14 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
+    if model.ridge is not None:  # fusion.readout = ridge: the float run's member, refitted on
+        # stage_2_train through the fine-tuned fixed-point chip (the features it now pools)
+        member = meta["progress"].get("readout_member")
+        if member is None:
+            raise CheckpointError(f"{float_run}: a ridge readout without the member stage 1 chose; "
+                                  "retrain the float run")
+        fit_readout(model, bench, 2, device, RidgeVariant(**member))
+        results["readout_member"] = RidgeVariant(**member).name
     results["qat"] = test()
     results["hm_drop_qat_vs_float"] = results["float"]["HM"] - results["qat"]["HM"]
     results["quantization"] = quantization_summary(model)

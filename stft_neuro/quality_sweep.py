@@ -64,6 +64,15 @@ LINEAR = "fusion.text_projection=linear"
 #: transformer and the spiking branch; ``data.sizes=real`` selects it by default (config.RECIPES),
 #: and since the second sweep also weight decay 1e-3, which that sweep passes with ``--set``.
 RECIPE = [LINEAR, "fusion.word_geometry=centred_unit", "fusion.skip=both"]
+#: issue #16's spike-driven saliency recipe (``model/saliency.py``, ``model/ridge_readout.py``): a
+#: one-layer chip of 128 LIF neurons (du = dv = 0.5, graded initialisation, static thresholds,
+#: its own weight decay 1e-4) reads T - L = 10 bins and says which bins the host pools, per
+#: modality; the last linear map is fitted in closed form (the ridge family, chosen on validation).
+SALIENCY_RECIPE = ["spiking.saliency=2", "fusion.readout=ridge", "spiking.hidden=128", "spiking.num_steps=11",
+                   "spiking.du=0.5", "spiking.dv=0.5", "spiking.init=graded", "spiking.dynamic_threshold=false",
+                   "train.spiking_weight_decay=1e-4"]
+SALIENCY = "STFT (spike saliency, ridge readout)"
+SALIENCY_NO_SPIKING = "STFT (ridge readout) without the spiking branch"
 RIDGE_FAMILY = "linear (ridge family, validation-selected)"
 RIDGE_EXTENDED = "linear (extended ridge family, validation-selected)"
 AVCA_LIKE = "AVCA-like (no spiking, concat)"
@@ -77,9 +86,11 @@ VARIANTS: dict[str, list[str] | None] = {
     REFERENCE: RECIPE,
     AVCA_LIKE: [*RECIPE, *avca_like.OVERRIDES],
     NO_SPIKING: [*RECIPE, "spiking.enabled=false"],
+    SALIENCY: [*RECIPE, *SALIENCY_RECIPE],
+    SALIENCY_NO_SPIKING: [*RECIPE, "fusion.readout=ridge", "spiking.enabled=false"],
 }
 #: the model each variant's paired HM difference is taken against (default: the full STFT).
-BASE: dict[str, str] = {}
+BASE: dict[str, str] = {SALIENCY_NO_SPIKING: SALIENCY}
 TIER_1 = (RIDGE_FAMILY, REFERENCE, AVCA_LIKE)
 METRICS = ("S", "U", "HM", "ZSL")
 DEFAULT_SET = ["data.sizes=real", "train.threads=1"]
@@ -102,11 +113,16 @@ def _record(path: Path, data: dict, name: str, seed: int, row: dict) -> dict:
 def same_config(stored: dict, now: dict) -> bool:
     """True when ``now`` is the configuration ``stored`` describes: equal on every stored key, and
     any key added to the code since then holds its default (new switches default to the old
-    behaviour, so results made before they existed stay valid)."""
+    behaviour, so results made before they existed stay valid), or holds the value that
+    ``config.from_run_dict`` gives a stored run lacking it (``train.spiking_weight_decay``: the
+    stored ``train.weight_decay``, which then decayed every parameter alike)."""
     defaults = config_mod.Config().to_dict()
+    legacy = config_mod.from_run_dict(stored).to_dict()
     for section, values in now.items():
         old = stored.get(section, {})
         for key, value in values.items():
+            if key not in old and key in legacy.get(section, {}) and legacy[section][key] != defaults[section][key]:
+                old = {**old, key: legacy[section][key]}
             if key in old:
                 if old[key] != value and not (isinstance(value, (list, tuple)) and list(old[key]) == list(value)):
                     return False
@@ -264,7 +280,9 @@ def _diff_cell(mine: dict[int, float], ref: dict[int, float]) -> str:
     return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] (n={d.n})" + (" *" if d.separated else "")
 
 
-def report_text(data: dict, base) -> str:
+def report_text(data: dict, base, reference: str = REFERENCE) -> str:
+    """The markdown table; paired HM differences (and the branch's worth) against ``reference``
+    (``report --base``; a variant's own ``BASE`` entry wins)."""
     results: dict[str, dict[str, dict]] = data["results"]
     ch = data.get("chance")
     seeds = sorted({int(s) for rows in results.values() for s in rows})
@@ -283,9 +301,9 @@ def report_text(data: dict, base) -> str:
         for k in METRICS:
             m, sd = mean_sd([r[k] for r in rows.values()])
             cells.append(f"{m:.1f} ± {sd:.1f}")
-        ref_name = BASE.get(name, REFERENCE)
+        ref_name = BASE.get(name, reference)
         ref = {int(s): r["HM"] for s, r in results.get(ref_name, {}).items()}
-        diff = "—" if name == REFERENCE else _diff_cell({int(s): r["HM"] for s, r in rows.items()}, ref)
+        diff = "—" if name == reference else _diff_cell({int(s): r["HM"] for s, r in rows.items()}, ref)
         secs = sorted(r.get("epoch_seconds", r["seconds"]) for r in rows.values())
         where = ", ".join(f"{dev} ({n})" for dev, n in sorted(
             Counter(r.get("device", "cpu") for r in rows.values()).items()))
@@ -293,16 +311,18 @@ def report_text(data: dict, base) -> str:
     if ch is not None:
         lines.append("| chance (uniform guess) | — | " + " | ".join(f"{ch[k]:.1f}" for k in METRICS) + " | — | — | — |")
     extra = [o for o in data.get("overrides", []) if o not in DEFAULT_SET]
-    lines += ["", "\\* the 95% t-interval of the paired HM difference excludes 0. Base: the full STFT "
-              f"({' '.join('`' + o + '`' for o in [*RECIPE, *extra])}). The ridge rows choose "
+    lines += ["", f"\\* the 95% t-interval of the paired HM difference excludes 0. Base: {reference} "
+              f"({' '.join('`' + o + '`' for o in [*(VARIANTS[reference] or []), *extra])}"
+              + "".join(f"; {k} against {v}" for k, v in BASE.items() if k in results and v != reference)
+              + "). The ridge rows choose "
               "their member on stage-1 validation HM per seed (chosen: "
               + "; ".join(f"{name}: " + ", ".join(f"{c} x{n}" for c, n in Counter(
                   r.get("chosen", "?") for r in results[name].values()).most_common())
                           for name in RIDGES if results.get(name)) + ")."]
-    worth = {int(s): r["worth"] for s, r in results.get(REFERENCE, {}).items() if "worth" in r}
+    worth = {int(s): r["worth"] for s, r in results.get(reference, {}).items() if "worth" in r}
     if worth:
         as_trained = {s: w["as_trained"] for s, w in worth.items()}
-        lines += ["", "What the spiking branch is worth to the full STFT's prediction (stage-2 test HM at "
+        lines += ["", f"What the spiking branch is worth to the prediction of {reference} (stage-2 test HM at "
                   "the run's b; `stft_neuro/branch_worth.py`):", "",
                   "| spiking output at test | HM | HM - as trained (95% CI) |", "|---|---|---|"]
         for key, label in (("as_trained", "as trained"), ("shuffled", "shuffled across samples"),
@@ -320,7 +340,9 @@ def report(args: argparse.Namespace) -> int:
         raise UserError(f"no results file {out}: run `bench/bench_quality.py run` first")
     data = json.loads(out.read_text())
     base = config_mod.load(overrides=data["overrides"])
-    text = report_text(data, base)
+    if args.base not in VARIANTS:
+        raise UserError(f"report --base {args.base!r}: not a variant ({', '.join(VARIANTS)})")
+    text = report_text(data, base, args.base)
     print(text)
     if args.write:
         from markdown import replace_section
@@ -348,6 +370,8 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     p.add_argument("--section", default=None, help="the BENCHMARKS.md heading to write")
+    p.add_argument("--base", default=REFERENCE, metavar="NAME",
+                   help=f"the variant the paired differences are taken against (default: {REFERENCE})")
     args = ap.parse_args()
     try:
         return run(args) if args.cmd == "run" else report(args)

@@ -38,6 +38,8 @@ from stft_neuro.distributed import LOCAL, DataParallel
 from stft_neuro.errors import CheckpointError, ConfigError
 from stft_neuro.model.losses import stft_loss
 from stft_neuro.model.stft import STFT, embed_split
+from stft_neuro.baselines.ridge import RidgeVariant
+from stft_neuro.readout_fit import fit_readout
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,7 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     done: bool = False
     energy_multiplier: float = 0.0  # EnergyBudget.multiplier (spiking.energy_budget_uj)
+    readout_member: dict | None = None  # fusion.readout = ridge: the member chosen at the best epoch
 
 
 def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: torch.Tensor,
@@ -397,11 +400,16 @@ class Trainer:
                 row = {"stage": stage, "epoch": progress.epoch, "seconds": seconds,
                        "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()}}
                 if stage == 1:
+                    if model.ridge is not None:  # fusion.readout = ridge: refit, member on validation
+                        member, _ = fit_readout(model, self.bench, 1, self.device)
+                        row["readout_member"] = member.name
                     val = self._evaluate(model, 1)
                     row.update({f"val_{k}": v for k, v in val.to_dict().items()})
                     sched.step(val.HM)
                     if val.HM > progress.best_hm:
                         progress.best_hm, progress.best_epoch, progress.best_bias = val.HM, progress.epoch, val.bias
+                        if model.ridge is not None:
+                            progress.readout_member = dataclasses.asdict(member)
                         if main:
                             save_weights(model, self.run_dir / "stage1_best.safetensors")
                 row["batch_losses"] = batch_losses
@@ -417,6 +425,12 @@ class Trainer:
                                                     device=str(self.device)))
                     results["stage1_val_metrics"] = self._evaluate(model, 1, progress.best_bias).to_dict()
             else:
+                if model.ridge is not None:
+                    if progress.readout_member is None:
+                        raise ConfigError("fusion.readout=ridge: stage 2 refits the member stage 1 chose on "
+                                          "validation; run both stages (train.stages=both)")
+                    fit_readout(model, self.bench, 2, self.device, RidgeVariant(**progress.readout_member))
+                    results["readout_member"] = RidgeVariant(**progress.readout_member).name
                 results["stage2_test"] = self._evaluate(model, 2, progress.best_bias).to_dict()
             if main:
                 save_weights(model, self.run_dir / "model.safetensors")

@@ -29,6 +29,31 @@ def test_same_config_tolerates_new_default_keys_only() -> None:
     assert not bq.same_config(stored, now)
 
 
+def test_same_config_reads_a_missing_key_as_the_runs_it_predates_trained() -> None:
+    """Results made before ``train.spiking_weight_decay`` existed decayed the spiking branch by
+    ``train.weight_decay``: they match a config whose recipe resolves both to the same value, and
+    not one that decays the branch differently."""
+    overrides = [*bq.DEFAULT_SET, "train.weight_decay=1e-3"]
+    now = config_mod.load(overrides=overrides).to_dict()
+    assert now["train"]["spiking_weight_decay"] == 1e-3  # the real-size recipe's
+    stored = json.loads(json.dumps(now))
+    del stored["train"]["spiking_weight_decay"]
+    assert bq.same_config(stored, now)
+    other = config_mod.load(overrides=[*overrides, "train.spiking_weight_decay=1e-4"]).to_dict()
+    assert not bq.same_config(stored, other)
+
+
+def test_report_against_another_base_variant() -> None:
+    row = lambda hm: {"S": 50.0, "U": 20.0, "HM": hm, "ZSL": 20.0, "seconds": 1.0}  # noqa: E731
+    data = {"results": {bq.SALIENCY: {"0": row(50.0), "1": row(52.0), "2": row(51.0)},
+                        bq.RIDGE_FAMILY: {"0": row(45.0), "1": row(46.0), "2": row(44.0)},
+                        bq.SALIENCY_NO_SPIKING: {"0": row(46.0), "1": row(47.0), "2": row(46.0)}}}
+    text = bq.report_text(data, config_mod.load(overrides=bq.DEFAULT_SET), bq.SALIENCY)
+    lines = {ln.split(" | ")[0][2:]: ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "| — |" in lines[bq.SALIENCY]
+    assert "-6.0 [" in lines[bq.RIDGE_FAMILY] and "-4.7 [" in lines[bq.SALIENCY_NO_SPIKING]
+
+
 def test_report_pairs_seeds_and_gives_the_t_interval() -> None:
     row = lambda hm, s: {"S": 50.0, "U": 20.0, "HM": hm, "ZSL": 20.0, "seconds": s}  # noqa: E731
     data = {"cpu": "test CPU", "chance": {"S": 2.0, "U": 2.0, "HM": 2.0, "ZSL": 11.1},

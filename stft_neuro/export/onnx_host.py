@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from stft_neuro.errors import UserError
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
-from stft_neuro.model.host import SpikingBranch, valid_mask
+from stft_neuro.model.host import SpikingBranch
 from stft_neuro.model.stft import STFT
 
 FORMAT = "stft-neuro/onnx-host"
@@ -140,9 +140,9 @@ class _ReadoutGraph(nn.Module):
     """The joint embedding of ``STFT.forward`` from the received spike record and the features.
 
     ``forward(out_spikes (T,B,n_L), audio, visual, lengths)`` (without a spiking branch
-    ``forward(audio, visual, lengths)``) -> joint (B, E): TSF readout (``SpikingBranch.readout``),
-    transformer and ``STFT.joint_from`` (fusion, skip paths, projection), as ``STFT.forward`` makes
-    ``joint`` once the spikes are known."""
+    ``forward(audio, visual, lengths)``) -> joint (B, E): ``STFT.readout`` of ``STFT.host_part``
+    (transformer, TSF readout, spike-pooled features, fusion, skip paths, projection), as
+    ``STFT.forward`` makes ``joint`` once the spikes are known."""
 
     varargs = True
 
@@ -152,10 +152,7 @@ class _ReadoutGraph(nn.Module):
 
     def joint(self, out_spikes: Tensor | None, audio: Tensor, visual: Tensor, lengths: Tensor) -> Tensor:
         m = self.model
-        mask = valid_mask(lengths, audio.shape[1])
-        r = m.transformer(audio, visual, mask)  # (B, dim)
-        s = m.spiking.readout(out_spikes) if out_spikes is not None else r.new_zeros(r.shape[0], 0)
-        return m.joint_from(r, s)  # (B, E): the one readout
+        return m.readout(m.host_part(audio, visual, lengths), out_spikes)  # (B, E): the one readout
 
     def forward(self, *inputs: Tensor) -> Tensor:
         if self.model.spiking is None:

@@ -12,6 +12,8 @@ Shapes: B batch, S seconds (padded), D = Da + Dv feature width, T steps, L chip 
 - **Input currents**: the per-second features are averaged into T equal bins of each sample's own
   length (a sample shorter than T seconds repeats seconds), shaped by GLP, and mapped by a host
   linear encoder to the chip's input width. (Paper silent: binning and encoder are our choice.)
+  With ``spiking.saliency`` the features go into ``T - L`` bins and the last L steps carry zero
+  currents, so that the last layer's response to every bin is read (``model/saliency.py``).
 - **Dynamic threshold cues**: the threshold of layer l at step t+1 rises with the information of
   layer l's own output at step t and with the GLP cue,
   ``theta_{t+1,l} = vth * (softplus(a_l) H(p_{t,l}) + softplus(c_l) g)``, where ``p`` is the layer's
@@ -41,6 +43,7 @@ from stft_neuro.contract import SpikingBackend
 from stft_neuro.hw_targets.loihi2 import quantize
 from stft_neuro.hw_targets.loihi2.energy import ChipEnergy, chip_energy_of_record, chip_weights
 from stft_neuro.hw_targets.loihi2.plan import DeploymentPlan
+from stft_neuro.model.saliency import SaliencyPool
 from stft_neuro.model.spiking import ChipNetwork
 
 
@@ -112,6 +115,20 @@ class SpikingBranch(nn.Module):
         if cfg.tsf:
             self.tsf_score = nn.Linear(cfg.hidden[-1], 1)
             self.tsf_step_bias = nn.Parameter(torch.zeros(cfg.num_steps))
+        self.saliency = (SaliencyPool(cfg.hidden[-1], cfg.saliency, self.bins, n_layers, audio_dim)
+                         if cfg.saliency else None)
+
+    @property
+    def bins(self) -> int:
+        """Binned feature steps the host sends: ``num_steps``, or ``num_steps - L`` with
+        ``spiking.saliency`` (then L zero steps follow, the chip's pipeline delay)."""
+        return self.cfg.num_steps - (len(self.cfg.hidden) if self.cfg.saliency else 0)
+
+    def binned_features(self, audio: Tensor, visual: Tensor, lengths: Tensor) -> Tensor:
+        """Raw audio + visual features averaged into ``bins`` bins of each sample's length:
+        ``(B, bins, Da + Dv)`` (what ``spiking.saliency`` pools)."""
+        bins = bin_matrix(lengths, audio.shape[1], self.bins)
+        return bins @ torch.cat([audio, visual], dim=-1)
 
     @property
     def out_dim(self) -> int:
@@ -147,7 +164,7 @@ class SpikingBranch(nn.Module):
         seconds = audio.shape[1]
         mask = valid_mask(lengths, seconds)
         feats = self.norm(torch.cat([audio, visual], dim=-1))  # (B, S, D)
-        binned = bin_matrix(lengths, seconds, self.cfg.num_steps) @ feats  # (B, T, D)
+        binned = bin_matrix(lengths, seconds, self.bins) @ feats  # (B, bins, D)
         if self.glp_audio is not None:
             da = self.audio_dim
             p = torch.cat([self.glp_audio(feats[..., :da], mask),
@@ -157,7 +174,9 @@ class SpikingBranch(nn.Module):
             g = gate.mean(-1) - 0.5
         else:
             g = feats.new_zeros(feats.shape[0])
-        x = self.encoder(binned).transpose(0, 1)  # (T, B, input_dim)
+        x = self.encoder(binned).transpose(0, 1)  # (bins, B, input_dim)
+        if self.bins < self.cfg.num_steps:  # spiking.saliency: zero currents while the chip drains
+            x = torch.cat([x, x.new_zeros(self.cfg.num_steps - self.bins, *x.shape[1:])])
         return x.contiguous(), g
 
     def threshold_cue(self, spikes_t: tuple[Tensor, ...], g: Tensor) -> Tensor:

@@ -572,7 +572,8 @@ def host_flops(model: Any, seconds: int, lengths: int | None = None) -> dict[str
       ``initial_cue`` + ``threshold_cue`` for the remaining T-1 steps), driven by a replay of
       silent spikes (elementwise only: 0 counted FLOPs; its estimate counts the elementwise
       operations);
-    - ``readout``: TSF (or the mean) over the last layer's spikes;
+    - ``readout``: TSF (or the mean) over the last layer's spikes, and with ``spiking.saliency``
+      the saliency scores and the pooling of the binned features;
     - ``transformer``: ``LatentSemanticTransformer``;
     - ``fusion``: the Tucker (or concat) fusion, its output norm and the skip Linear;
     - ``projection``: the joint projection into the class-embedding space. (The class embeddings
@@ -613,19 +614,29 @@ def host_flops(model: Any, seconds: int, lengths: int | None = None) -> dict[str
         else:
             out["threshold_cue"] = HostCompute(0, 0, "static thresholds: no cue")
         last = torch.zeros(T, 1, hidden[-1])
-        out["readout"] = HostCompute(_counted(lambda: br.readout(last)),
-                                     T * hidden[-1] * (2 if br.cfg.tsf else 1),
-                                     "estimate: TSF score T*n_L + weighted sum T*n_L")
+        estimate, what = T * hidden[-1] * (2 if br.cfg.tsf else 1), "estimate: TSF score T*n_L + weighted sum T*n_L"
+        if br.saliency is not None:  # spiking.saliency: a score per bin and head, the weighted sum
+            K, H = br.saliency.bins, br.saliency.heads
+            estimate += K * hidden[-1] * H + K * D
+            what += " + saliency K*n_L*H + pooling K*D"
+        binned = br.binned_features(a, v, n) if br.saliency is not None else None
+        out["readout"] = HostCompute(_counted(lambda: br.readout(last))
+                                     + (_counted(lambda: br.saliency(last, binned)) if binned is not None else 0),
+                                     estimate, what)
         s = torch.zeros(1, br.out_dim)
     else:
         s = r.new_zeros(1, 0)
+    pooled = torch.zeros(1, model.audio_dim + model.visual_dim)
     # the readout is STFT.joint_from (fusion, its norm, the skip paths, the projection); the
-    # projection's share is counted on its own and the rest is the fusion's
-    projection = _counted(lambda: model.joint(torch.zeros(1, model.joint.in_features)))
-    out["fusion"] = HostCompute(_counted(lambda: model.joint_from(r, s)) - projection, 0,
+    # projection's share is counted on its own and the rest is the fusion's. An active ridge
+    # readout (fusion.readout = ridge) is the projection: [h, p] (width + D) -> 300.
+    proj_in, proj_out = ((model.ridge.mu.shape[0], model.ridge.weight.shape[1]) if model.ridge_active
+                         else (model.joint.in_features, model.joint.out_features))
+    projection = (_counted(lambda: model.ridge(torch.zeros(1, proj_in))) if model.ridge_active
+                  else _counted(lambda: model.joint(torch.zeros(1, proj_in))))
+    out["fusion"] = HostCompute(_counted(lambda: model.joint_from(r, s, pooled)) - projection, 0,
                                 "Tucker/concat fusion + skip Linears")
-    out["projection"] = HostCompute(projection, int(model.joint.in_features * model.joint.out_features),
-                                    "estimate: width*E")
+    out["projection"] = HostCompute(projection, int(proj_in * proj_out), "estimate: (width [+ D]) * E")
     return {k: out[k] for k in HOST_COMPONENTS if k in out}
 
 

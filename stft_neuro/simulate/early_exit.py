@@ -236,7 +236,6 @@ def per_step_predictions(model: Any, bench: Any, plan: Any, bias: float, stage: 
     steps, so the prediction after step t is that of a run stopped there). With ``records``, also
     what ran: the payloads sent ``(T, N, n_in)``, every layer's spikes ``(T, N, n_l)`` and the
     thetas ``(T, N, L)`` (None with static thresholds)."""
-    from stft_neuro.model.host import valid_mask
     from stft_neuro.sim.reference import ReferenceSimulator
 
     br = model.spiking
@@ -249,7 +248,7 @@ def per_step_predictions(model: Any, bench: Any, plan: Any, bias: float, stage: 
         sp = bench.splits[name]
         for i in range(0, len(sp.labels), batch):
             a, v, n = (torch.as_tensor(np.asarray(t[i:i + batch])) for t in (sp.audio, sp.visual, sp.lengths))
-            r = model.transformer(a, v, valid_mask(n, a.shape[1]))
+            host = model.host_part(a, v, n)
             x, g = br.encode(a, v, n)
             rec = br.drive(x, g, sim)
             last = rec.spikes[-1]                                            # (T, B, n_L)
@@ -257,8 +256,8 @@ def per_step_predictions(model: Any, bench: Any, plan: Any, bias: float, stage: 
             step = torch.arange(T)[:, None, None]
             p, m = [], []
             for t in range(T):
-                s = br.readout(torch.where(step <= t, last, torch.zeros_like(last)))
-                pr, mg = predict_with_margin(model.joint_from(r, s).float().numpy(), class_emb,
+                joint = model.readout(host, torch.where(step <= t, last, torch.zeros_like(last)))
+                pr, mg = predict_with_margin(joint.float().numpy(), class_emb,
                                              candidates, seen, bias)
                 p.append(pr)
                 m.append(mg)

@@ -171,22 +171,21 @@ def run_batches(model, onnx_host, backend, batches: Iterable, dynamic: bool, pro
 
 
 def _torch_early_exit(model, a, v, n, backend, exit_setup) -> dict:
-    """``STFT.forward`` in eval mode (transformer, the branch's encode -> closed loop -> readout,
-    ``joint_from``), with the early-exit :class:`~stft_neuro.simulate.early_exit.Judge` as the
+    """``STFT.forward`` in eval mode (the host part, the branch's encode -> closed loop ->
+    ``STFT.readout``), with the early-exit :class:`~stft_neuro.simulate.early_exit.Judge` as the
     loop's stop rule: the same operations on the same batch, so the joint of a run whose samples
     all run T steps is ``forward``'s."""
     from stft_neuro.closed_loop import closed_loop
-    from stft_neuro.model.host import valid_mask
 
     br = model.spiking
-    r = model.transformer(a, v, valid_mask(n, a.shape[1]))                       # (B, dim)
+    host = model.host_part(a, v, n)                                               # r (B, dim), ...
     x, g = br.encode(a, v, n)
 
     def joint_of(out_spikes, rows):
-        return model.joint_from(r[rows], br.readout(out_spikes)).float().numpy()
+        return model.readout(host.rows(rows), out_spikes).float().numpy()
 
     record = closed_loop(br, backend, x, g, stop=exit_setup.judge(joint_of, int(n.shape[0])))
-    return {"record": record, "joint": model.joint_from(r, br.readout(record.spikes[-1]))}
+    return {"record": record, "joint": model.readout(host, record.spikes[-1])}
 
 
 def _onnx_joint_of(onnx_host, a, v, n):
