@@ -59,3 +59,22 @@ def test_the_benchmark_size_selects_the_recipe() -> None:
     assert stored == real and not stored.auto_keys
     with pytest.raises(ConfigError, match="weight_decay"):
         config.load(overrides=["train.weight_decay=-2"])
+
+
+def test_the_real_size_recipe_selects_the_saliency_chip_unless_a_key_is_named(tmp_path) -> None:
+    """``data.sizes=real`` in a fresh config brings ``RECIPE_CHIPS["real"]`` (issue #16); a key the
+    TOML file or an override names wins; the small recipe, a ``Config()`` built directly and a
+    config loaded on a stored run's (``base``) keep what they had."""
+    real = config.load(overrides=["data.sizes=real"])
+    assert (real.spiking.saliency, real.spiking.hidden, real.spiking.num_steps, real.fusion.readout,
+            real.spiking.dynamic_threshold) == (2, (128,), 11, "ridge", False)
+    toml = tmp_path / "c.toml"
+    toml.write_text('[data]\nsizes = "real"\n[spiking]\nhidden = [64]\n')
+    named = config.load(toml, overrides=["spiking.du=0.25"])
+    assert named.spiking.hidden == (64,) and named.spiking.du == 0.25 and named.spiking.saliency == 2
+    small = config.load()
+    assert small.spiking == config.SpikingConfig() and small.fusion.readout == "trained"
+    assert config.Config(data=config.DataConfig(sizes="real")).spiking.saliency == 0
+    paper = config.load(overrides=["data.sizes=real", "spiking.saliency=0", "spiking.hidden=256,256,128"])
+    on_base = config.load(overrides=["train.epochs=1"], base=paper)
+    assert on_base.spiking == paper.spiking

@@ -174,6 +174,31 @@ def test_lava_equals_reference_every_layer_spikes_quantized_plan(seed):
 
 
 @LAVA
+@given(seed=st.integers(0, 10 ** 6))
+def test_lava_equals_reference_for_the_real_size_saliency_chip(seed):
+    """The chip ``data.sizes=real`` selects (``config.RECIPE_CHIPS``, issue #16: 512 -> 128, du = dv =
+    0.5, T = 11, static thresholds), quantized from trained-like weights, driven as its host drives
+    it: graded payloads at both ends of their range for the 10 bins, then the zero drain step. The
+    layer spikes, also on the drain step (its answer to the last bin), and Lava equals the
+    reference."""
+    from stft_neuro import config as config_mod
+    spk = config_mod.load(overrides=["data.sizes=real"]).spiking
+    sizes = (spk.input_dim, *spk.hidden)
+    assert sizes == (512, 128) and spk.saliency and not spk.dynamic_threshold
+    rng = np.random.default_rng(seed)
+    floats = [Q.FloatLayer(name="lif1", weight=rng.standard_t(3, (sizes[1], sizes[0])) * 2.5 / sizes[0] ** 0.5,
+                           bias=rng.normal(0, 0.02, sizes[1]), du=spk.du, dv=spk.dv, threshold=spk.threshold)]
+    T = spk.num_steps
+    plan, _ = Q.plan_from_float(floats, input_scale=1.0 / 60, input_bits=spk.input_bits, num_steps=T)
+    x = payloads(seed, plan, T, 2, extremes=True)
+    x[T - len(spk.hidden):] = 0.0  # the drain step: the host sends nothing
+    found = observe(plan, x, None)
+    assert {"spikes_l0", "payload_min", "payload_max"} <= found, found
+    s_ref, _ = compare(plan, x)
+    assert s_ref[0][T - 1].sum() > 0  # the answer to the last bin arrives on the drain step
+
+
+@LAVA
 @given(seed=st.integers(0, 10 ** 6), exp=st.integers(-2, 0), du=st.integers(0, 64))
 def test_lava_equals_reference_when_u_wraps(seed, exp, du):
     plan = DeploymentPlan.of_network(

@@ -117,9 +117,10 @@ def test_u_sustained_bound_holds_and_is_nearly_reached(a, du, sign):
 
 
 def _real_size_plan(seed: int) -> DeploymentPlan:
-    """A plan of the real-size spiking branch (the config's ``input_dim -> hidden``), quantized from
-    heavy-tailed trained-like weights (as ``bench/bench_reference.py`` makes them)."""
-    cfg = config_mod.load(overrides=["data.sizes=real"])
+    """A plan of the paper's spiking branch at full size (``SpikingConfig``'s ``input_dim -> hidden``,
+    the largest chip the toolkit trains), quantized from heavy-tailed trained-like weights (as
+    ``bench/bench_reference.py`` makes them)."""
+    cfg = config_mod.Config()
     sizes = (cfg.spiking.input_dim, *cfg.spiking.hidden)
     assert sizes == (512, 256, 256, 128)
     rng = np.random.default_rng(seed)
