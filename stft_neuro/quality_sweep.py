@@ -364,6 +364,8 @@ def report(args: argparse.Namespace) -> int:
         from markdown import replace_section
         cmd = "python bench/bench_quality.py run " + " ".join(f"--set {o}" for o in data["overrides"]
                                                              if o not in DEFAULT_SET) + f" --out {os.path.relpath(out, HERE.parent)}"
+        cmd += (f" && python bench/bench_quality.py report --out {os.path.relpath(out, HERE.parent)}"
+                + (f" --base '{args.base}'" if args.base != REFERENCE else "") + " --write")
         replace_section(args.section or f"Model quality, real-size synthetic {base.data.dataset} (issue #16)",
                         text, cmd.strip())
     return 0
