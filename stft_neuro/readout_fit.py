@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from stft_neuro import protocol
-from stft_neuro.baselines.ridge import FAMILY, RidgeMap, RidgeVariant, _Design
+from stft_neuro.baselines.ridge import FAMILY, RidgeMap, RidgeVariant, Design
 from stft_neuro.data.benchmark import Benchmark, Split
 from stft_neuro.model.stft import STFT
 
@@ -43,7 +43,7 @@ def fit_readout(model: STFT, bench: Benchmark, stage: int, device: torch.device 
         raise ValueError("fit_readout: the model has no ridge readout (fusion.readout = trained)")
     train = bench.splits[f"stage_{stage}_train"]
     x = readout_features(model, train, device)
-    design = _Design(x)
+    design = Design(x)
     if member is not None:
         table = member.table(bench.class_embeddings)
         model.ridge.set_map(RidgeMap.fit(x, table[train.labels], member.lam, member.intercept, design),

@@ -92,7 +92,7 @@ def mean_pooled(split: Split) -> np.ndarray:
     return np.concatenate([a, v], axis=1)
 
 
-class _Design:
+class Design:
     """The standardised design ``z = (x - mu) / sd`` and its Gram matrix ``z^T z``, shared by fits."""
 
     def __init__(self, x: np.ndarray) -> None:
@@ -111,14 +111,14 @@ class RidgeMap:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, lam: float, intercept: bool = True,
-            design: _Design | None = None) -> RidgeMap:
+            design: Design | None = None) -> RidgeMap:
         """``x (N, D)`` features, ``y (N, E)`` targets, ``lam >= 0`` the L2 penalty; ``design``:
-        ``_Design(x)`` computed once for many fits on the same ``x``."""
+        ``Design(x)`` computed once for many fits on the same ``x``."""
         if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 1:
             raise UserError(f"ridge: expected x (N, D) and y (N, E) with N >= 1, got {x.shape} and {y.shape}")
         if not lam >= 0:
             raise UserError(f"ridge: lambda must be >= 0, got {lam}")
-        d = design if design is not None else _Design(x)
+        d = design if design is not None else Design(x)
         y_bar = y.mean(axis=0) if intercept else np.zeros(y.shape[1])
         weight = np.linalg.solve(d.gram + lam * np.eye(d.gram.shape[0]), d.z.T @ (y - y_bar))  # (D, E)
         return cls(d.mu, d.sd, weight, y_bar)
@@ -134,12 +134,12 @@ class _Features:
     def __init__(self, bench: Benchmark) -> None:
         self.bench = bench
         self.x = {name: mean_pooled(split) for name, split in bench.splits.items()}
-        self.designs: dict[str, _Design] = {}
+        self.designs: dict[str, Design] = {}
 
     def fit(self, split_name: str, v: RidgeVariant) -> RidgeMap:
         table = word_geometry.apply_np(self.bench.class_embeddings, v.geometry)
         if split_name not in self.designs:
-            self.designs[split_name] = _Design(self.x[split_name])
+            self.designs[split_name] = Design(self.x[split_name])
         return RidgeMap.fit(self.x[split_name], table[self.bench.splits[split_name].labels], v.lam,
                             v.intercept, self.designs[split_name])
 
