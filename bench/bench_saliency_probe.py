@@ -51,15 +51,12 @@ def saliency_weights(br: SpikingBranch, a, v, n) -> torch.Tensor:
     return br.saliency.weights(br.drive(x, g, br.chip).spikes[-1])
 
 
-def pooled(br: SpikingBranch, split, perm: np.ndarray | None = None, batch: int = 512) -> torch.Tensor:
-    """``(N, Da + Dv)`` raw features of a split pooled by the chip's weights (``perm``: by those of
-    sample ``perm[i]``)."""
+def pooled(br: SpikingBranch, split, batch: int = 512) -> torch.Tensor:
+    """``(N, Da + Dv)`` raw features of a split pooled by the chip's weights."""
     a, v, n = tensors(split)
     with torch.no_grad():
         w = torch.cat([saliency_weights(br, a[i:i + batch], v[i:i + batch], n[i:i + batch])
                        for i in range(0, len(n), batch)])
-        if perm is not None:
-            w = w[torch.as_tensor(perm)]
         return br.saliency.pool(w, br.binned_features(a, v, n))
 
 
@@ -114,7 +111,7 @@ def main() -> int:
     perm = np.random.default_rng(args.seed).permutation(n_val)
     sizes = np.cumsum([0] + [len(bench.splits[s].labels) for s in VAL])
     # the shuffle pools each validation sample's own bins by another's weights
-    x_shuffled = {**x, **{s: _pool_with(br, bench, s, perm, sizes, i) for i, s in enumerate(VAL)}}
+    x_shuffled = {**x, **{s: _pool_with(br, bench, perm, sizes, i) for i, s in enumerate(VAL)}}
     with torch.no_grad():
         emb = head((torch.as_tensor(np.concatenate([x[s] for s in VAL]), dtype=torch.float32) - mu) / sd).numpy()
     labels = np.concatenate([bench.splits[s].labels for s in VAL])
@@ -130,9 +127,9 @@ def main() -> int:
     return 0
 
 
-def _pool_with(br: SpikingBranch, bench, split_name: str, perm: np.ndarray, sizes: np.ndarray, i: int) -> np.ndarray:
-    """Split ``split_name`` (the i-th of VAL) pooled by the weights of the validation samples
-    ``perm`` assigns to its rows (both validation splits are permuted together)."""
+def _pool_with(br: SpikingBranch, bench, perm: np.ndarray, sizes: np.ndarray, i: int) -> np.ndarray:
+    """The i-th split of VAL pooled by the weights of the validation samples ``perm`` assigns to
+    its rows (both validation splits are permuted together; ``sizes``: their cumulative lengths)."""
     a = np.concatenate([bench.splits[s].audio for s in VAL])
     v = np.concatenate([bench.splits[s].visual for s in VAL])
     n = np.concatenate([bench.splits[s].lengths for s in VAL])

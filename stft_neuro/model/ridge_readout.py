@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from stft_neuro.model import word_geometry
 
-WORD_DIM = 300
+WORD_DIM = 300  # the word2vec width (stft.WORD_DIM; not imported from there: stft imports this module)
 
 
 class RidgeReadout(nn.Module):
