@@ -51,13 +51,13 @@ def saliency_weights(br: SpikingBranch, a, v, n) -> torch.Tensor:
     return br.saliency.weights(br.drive(x, g, br.chip).spikes[-1])
 
 
-def pooled(br: SpikingBranch, split, batch: int = 512) -> torch.Tensor:
-    """``(N, Da + Dv)`` raw features of a split pooled by the chip's weights."""
+def weights_and_bins(br: SpikingBranch, split, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chip's weights ``(N, K, H)`` and the raw binned features ``(N, K, Da + Dv)`` of a split."""
     a, v, n = tensors(split)
     with torch.no_grad():
         w = torch.cat([saliency_weights(br, a[i:i + batch], v[i:i + batch], n[i:i + batch])
                        for i in range(0, len(n), batch)])
-        return br.saliency.pool(w, br.binned_features(a, v, n))
+        return w, br.binned_features(a, v, n)
 
 
 def best_ridge_hm(bench, x: dict[str, np.ndarray]) -> float:
@@ -106,12 +106,15 @@ def main() -> int:
             loss.backward()
             opt.step()
     br.eval()
-    x = {name: pooled(br, bench.splits[name]).double().numpy() for name in ("stage_1_train", *VAL)}
-    n_val = sum(len(bench.splits[s].labels) for s in VAL)
-    perm = np.random.default_rng(args.seed).permutation(n_val)
+    wb = {name: weights_and_bins(br, bench.splits[name]) for name in ("stage_1_train", *VAL)}
+    x = {name: br.saliency.pool(w, bins).double().numpy() for name, (w, bins) in wb.items()}
+    # the shuffle pools each validation sample's own bins by another's weights (both validation
+    # splits permuted together)
+    w_val, bins_val = (torch.cat([wb[s][k] for s in VAL]) for k in (0, 1))
+    perm = torch.as_tensor(np.random.default_rng(args.seed).permutation(len(w_val)))
+    shuffled = br.saliency.pool(w_val[perm], bins_val).double().numpy()
     sizes = np.cumsum([0] + [len(bench.splits[s].labels) for s in VAL])
-    # the shuffle pools each validation sample's own bins by another's weights
-    x_shuffled = {**x, **{s: _pool_with(br, bench, perm, sizes, i) for i, s in enumerate(VAL)}}
+    x_shuffled = {**x, **{s: shuffled[sizes[i]:sizes[i + 1]] for i, s in enumerate(VAL)}}
     with torch.no_grad():
         emb = head((torch.as_tensor(np.concatenate([x[s] for s in VAL]), dtype=torch.float32) - mu) / sd).numpy()
     labels = np.concatenate([bench.splits[s].labels for s in VAL])
@@ -125,19 +128,6 @@ def main() -> int:
     update_locked(args.out, lambda d: {**(d or {}), key: row}, indent=2)
     print(json.dumps({key: row}))
     return 0
-
-
-def _pool_with(br: SpikingBranch, bench, perm: np.ndarray, sizes: np.ndarray, i: int) -> np.ndarray:
-    """The i-th split of VAL pooled by the weights of the validation samples ``perm`` assigns to
-    its rows (both validation splits are permuted together; ``sizes``: their cumulative lengths)."""
-    a = np.concatenate([bench.splits[s].audio for s in VAL])
-    v = np.concatenate([bench.splits[s].visual for s in VAL])
-    n = np.concatenate([bench.splits[s].lengths for s in VAL])
-    at, vt, nt = torch.as_tensor(a), torch.as_tensor(v), torch.as_tensor(n)
-    with torch.no_grad():
-        w = torch.cat([saliency_weights(br, at[j:j + 512], vt[j:j + 512], nt[j:j + 512]) for j in range(0, len(n), 512)])
-        rows = slice(int(sizes[i]), int(sizes[i + 1]))
-        return br.saliency.pool(w[torch.as_tensor(perm)][rows], br.binned_features(at[rows], vt[rows], nt[rows])).double().numpy()
 
 
 if __name__ == "__main__":
