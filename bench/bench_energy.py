@@ -64,9 +64,29 @@ CONFIGS = {
 }
 
 
-def float_run(seed: int, overrides: list[str], work: Path, bench) -> tuple[Path, dict]:
-    """The seed's float run (trained once, resumable) -> (folder, protocol results)."""
+def float_run(seed: int, overrides: list[str], work: Path, bench, from_runs: Path | None = None
+              ) -> tuple[Path, dict]:
+    """The seed's float run (trained once, resumable) -> (folder, protocol results).
+
+    ``from_runs``: take the finished run ``from_runs/seed<k>`` instead (e.g. the quality sweep's
+    runs of the same recipe); refused unless its config is the one ``overrides`` select."""
     from stft_neuro.train import Trainer
+    if from_runs is not None:
+        from stft_neuro.checkpoint import read_json
+        run_dir = from_runs / f"seed{seed}"
+        if not (run_dir / "metrics.json").is_file():
+            raise UserError(f"--from-runs: {run_dir} is not a finished run folder (no metrics.json)")
+        want = config_mod.load(overrides=[*overrides, f"data.seed={seed}", f"train.seed={seed}"]).to_dict()
+        have = config_mod.from_run_dict(read_json(run_dir / "config.json", "config")).to_dict()
+        def norm(v):
+            return list(v) if isinstance(v, (list, tuple)) else v
+        diff = sorted(f"{sec}.{k}" for sec in want for k in want[sec]
+                      if f"{sec}.{k}" not in ("train.threads", "train.device")
+                      and norm(have.get(sec, {}).get(k)) != norm(want[sec][k]))
+        if diff:
+            raise UserError(f"--from-runs: {run_dir} was trained with another config "
+                            f"({', '.join(diff[:4])}); pass the --set it was trained with")
+        return run_dir, read_json(run_dir / "metrics.json", "metrics")
     cfg = config_mod.load(overrides=[*overrides, f"data.seed={seed}", f"train.seed={seed}"])
     run_dir = work / "float" / f"seed{seed}"
     return run_dir, Trainer(cfg, bench, run_dir).run(resume=(run_dir / "meta.json").is_file())
@@ -117,7 +137,8 @@ def measure(run_dir: Path, bench, bias: float, seed: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from stft_neuro.data import load_benchmark
     overrides = [*DEFAULT_SET, *args.overrides]
-    settings = {"overrides": overrides, "qat_epochs": args.qat_epochs}
+    settings = {"overrides": overrides, "qat_epochs": args.qat_epochs,
+                "from_runs": str(args.from_runs) if args.from_runs else None}
     base_cfg = config_mod.load(overrides=overrides)
     out = Path(args.out or HERE / "results" / f"energy17_{base_cfg.data.sizes}.json")
     work = HERE / "results" / "runs" / out.stem
@@ -141,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         if not todo:
             continue
         bench = load_benchmark(config_mod.load(overrides=[*overrides, f"data.seed={seed}"]).data)
-        base = float_run(seed, overrides, work, bench)
+        base = float_run(seed, overrides, work, bench, args.from_runs)
         for name in todo:
             row = run_one(name, configs[name], seed, base, args.qat_epochs, work, bench)
 
@@ -229,6 +250,9 @@ def main() -> int:
     r.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help="run only these configurations (and 'none', which they are paired with)")
     r.add_argument("--qat-epochs", type=int, default=1)
+    r.add_argument("--from-runs", type=Path, default=None, metavar="DIR",
+                   help="fine-tune the finished float runs DIR/seed<k> (same recipe: the --set they "
+                        "were trained with) instead of training new ones")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--set", dest="overrides", action="append", default=[])
     r.add_argument("--out", default=None)

@@ -92,6 +92,10 @@ class SpikingConfig:
     synaptic operation on Loihi; ``DeploymentPlan.payload_dead_zone``); 0 sends every payload.
     Part of the plan, so QAT trains with it and every backend runs it (BENCHMARKS.md: chip energy
     per sample against k).
+    ``input_weight_density``: the fraction of layer 1's weights QAT keeps (the largest ``|w|``;
+    the rest are pruned to exactly 0 and held there, ``ChipNetwork.prune_input_weights``); 1 keeps
+    all. Layer 1 takes the host's dense graded payloads, so its synaptic events dominate the chip's
+    energy and scale with its nonzero fan-out. Applied by QAT (``stft-neuro train --qat``) only.
     ``init``: ``default`` (each weight ~ N(0, (2 vth)^2 / n_in), biases 0) or ``graded``: before
     training, every chip layer's weights and biases are rescaled on training data so that each
     neuron's synaptic drive has standard deviation ``init_drive_std`` and steady mean
@@ -126,6 +130,7 @@ class SpikingConfig:
     energy_budget_uj: float = 0.0
     energy_multiplier_lr: float = 0.05
     payload_dead_zone: int = 0
+    input_weight_density: float = 1.0
     init: str = "default"
     init_drive_std: float = 0.1
     init_drive_mean: float = 0.1
@@ -467,6 +472,8 @@ def validate(cfg: Config) -> None:
         (cfg.spiking.energy_multiplier_lr > 0, "spiking.energy_multiplier_lr must be > 0"),
         (0 <= cfg.spiking.payload_dead_zone < 2 ** (cfg.spiking.input_bits - 1) - 1,
          "spiking.payload_dead_zone must lie in 0 .. 2^(input_bits-1) - 2 (payload units)"),
+        (0.0 < cfg.spiking.input_weight_density <= 1.0,
+         "spiking.input_weight_density must lie in (0, 1] (the fraction of layer 1's weights kept)"),
         (2 <= cfg.spiking.input_bits <= 8, "spiking.input_bits must lie in 2..8 (signed graded payload)"),
         (cfg.transformer.dim % cfg.transformer.heads == 0, "transformer.dim must be a multiple of transformer.heads"),
         (cfg.fusion.kind in ("tucker", "concat"), "fusion.kind must be tucker or concat"),

@@ -53,16 +53,18 @@ def load_float_run(float_run: str | Path, overrides: list[str] | None = None):
     """The float run to fine-tune -> (model, config with ``overrides``, meta); refuses a QAT run and
     overrides other than ``train.*``, ``spiking.netx_compatible``, the energy budget
     (``spiking.energy_budget_uj``, ``spiking.energy_multiplier_lr``) and the payload dead zone
-    (``spiking.payload_dead_zone``) (one-line CheckpointError)."""
+    (``spiking.payload_dead_zone``) and layer 1's pruning (``spiking.input_weight_density``)
+    (one-line CheckpointError)."""
     model, cfg, meta = load_run(float_run)
     if meta.get("deploy"):
         raise CheckpointError(f"{float_run} is already a QAT run; give the float run it came from")
     allowed = ("train.", "spiking.netx_compatible=", "spiking.energy_budget_uj=", "spiking.energy_multiplier_lr=",
-               "spiking.payload_dead_zone=")
+               "spiking.payload_dead_zone=", "spiking.input_weight_density=")
     bad = [o for o in overrides or [] if not o.strip().startswith(allowed)]
     if bad:
         raise CheckpointError(f"QAT keeps the float run's model: only train.*, spiking.netx_compatible "
-                              f"spiking.energy_* and spiking.payload_dead_zone can be set, not {bad[0]!r}")
+                              f"spiking.energy_*, spiking.payload_dead_zone and spiking.input_weight_density "
+                              f"can be set, not {bad[0]!r}")
     return model, config_mod.load(overrides=overrides or [], base=cfg), meta
 
 
@@ -91,6 +93,10 @@ def qat_finetune(float_run: str | Path, out_dir: Path, overrides: list[str] | No
         return evaluate_split_pair(model, bench, 2, device, bias, dp=dp).to_dict()
 
     results = {"from": str(float_run), "bias": bias, "float": test()}
+    if model.spiking is not None and cfg.spiking.input_weight_density < 1.0:
+        # after the float test (the float run as it was), before the optimizer exists: the pruned
+        # weights then stay exactly 0 (ChipNetwork.prune_input_weights); PTQ measures the pruned plan
+        results["pruned_input_weights"] = model.spiking.chip.prune_input_weights(cfg.spiking.input_weight_density)
     model.spiking.set_deploy(True)
     results["ptq"] = test()
 

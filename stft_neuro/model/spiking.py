@@ -101,6 +101,34 @@ class ChipNetwork(nn.Module):
             # bias=False: kept at zero and out of training (a plan NIR consumers without v_leak load)
             self.biases.append(nn.Parameter(torch.zeros(n_out), requires_grad=bool(bias)))
 
+    @torch.no_grad()
+    def prune_input_weights(self, density: float) -> int:
+        """Keep the ``density`` fraction of layer 1's weights with the largest ``|w|`` (over the
+        whole matrix) and hold the others at exactly 0 from now on (``spiking.input_weight_density``,
+        issue #17). Returns how many weights were pruned.
+
+        Why layer 1: it receives the host's graded payloads, nearly all nonzero, so its synaptic
+        events (nonzero payloads x nonzero fan-out) are most of the chip's energy; a zero weight is
+        no synapse on Loihi and its fan-out shrinks. The pruned weights are zeros in every plan
+        derived from here on, so every backend runs them and the report counts the fan-out left.
+
+        How they stay 0: a gradient mask (a hook on ``weights[0]``). With an optimizer whose
+        state starts here (QAT builds a fresh Adam), a zero gradient leaves the weight exactly at 0,
+        L2 weight decay included (it adds ``wd * 0``)."""
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"prune_input_weights: density must lie in (0, 1], got {density}")
+        w = self.weights[0]
+        keep = max(1, round(density * w.numel()))
+        mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+        mask[w.detach().abs().flatten().argsort(descending=True, stable=True)[:keep]] = True
+        mask = mask.view_as(w)
+        w.mul_(mask)
+        # non-persistent: a pruned run's weights carry their zeros; the mask only guards training
+        self.register_buffer("input_mask", mask.to(w.dtype), persistent=False)
+        if getattr(self, "_input_mask_hook", None) is None:
+            self._input_mask_hook = w.register_hook(lambda g: g * self.input_mask)
+        return int(w.numel() - keep)
+
     @property
     def sizes(self) -> tuple[int, ...]:
         return self._sizes
