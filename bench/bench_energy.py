@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_energy.py run    [--seeds 0 1 2] [--configs NAME=k=v,k=v ...] [--only NAME ...]
                                                   [--qat-epochs 1] [--set section.key=value ...] [--out FILE]
+                                                  [--from-runs DIR]
     .venv/bin/python bench/bench_energy.py report --out FILE [--plot PNG]
 
 Per seed ``k`` (``data.seed = train.seed = k``): one float run by the AVCA protocol (``Trainer``:
@@ -10,9 +11,12 @@ that same float run, one QAT fine-tuning per energy configuration (``stft_neuro/
 ``stft-neuro train --qat --from``; ``train.epochs`` from ``--qat-epochs``, 1 as in the demo).
 The energy knobs act in QAT, where the chip's estimate is the deployed run's exact count
 (``spiking.energy_budget_uj``: the budget held by a multiplier on the spike counts and payloads;
-``spiking.payload_dead_zone``: payloads ``|q| <= k`` not sent; both part of the plan QAT trains
-for). The configuration ``none`` (no knob) is the unconstrained model of the same recipe, which
-every other configuration is paired with.
+``spiking.payload_dead_zone``: payloads ``|q| <= k`` not sent; ``spiking.input_weight_density``:
+layer 1 pruned to its largest weights; all part of the plan QAT trains for). The configuration
+``none`` (no knob: dead zone 0, every weight kept, whatever the recipe's defaults) is the
+unconstrained model of the same recipe, which every other configuration is paired with.
+``--from-runs DIR`` fine-tunes finished float runs ``DIR/seed<k>`` of the same recipe (e.g. the
+quality sweep's) instead of training new ones.
 
 Each QAT run then runs ``stft-neuro simulate --backend reference`` (the closed loop, bit-exact
 with Lava ``fixed_pt``) on the whole stage-2 test split and ``stft-neuro report``'s count of it,
@@ -56,7 +60,7 @@ DEFAULT_SET = ["train.threads=1"]
 
 #: name -> QAT overrides; "none" is the unconstrained model every other configuration is paired with
 CONFIGS = {
-    "none": [],
+    "none": ["spiking.payload_dead_zone=0", "spiking.input_weight_density=1"],
     "budget2.5": ["spiking.energy_budget_uj=2.5"],
     "k64+budget2.5": ["spiking.payload_dead_zone=64", "spiking.energy_budget_uj=2.5"],
     "k96+budget2.5": ["spiking.payload_dead_zone=96", "spiking.energy_budget_uj=2.5"],
@@ -69,7 +73,8 @@ def float_run(seed: int, overrides: list[str], work: Path, bench, from_runs: Pat
     """The seed's float run (trained once, resumable) -> (folder, protocol results).
 
     ``from_runs``: take the finished run ``from_runs/seed<k>`` instead (e.g. the quality sweep's
-    runs of the same recipe); refused unless its config is the one ``overrides`` select."""
+    runs of the same recipe); refused unless its config is the one ``overrides`` select (up to
+    ``config.DEPLOY_ONLY``, which the configurations set for QAT)."""
     from stft_neuro.train import Trainer
     if from_runs is not None:
         from stft_neuro.checkpoint import read_json
@@ -81,7 +86,7 @@ def float_run(seed: int, overrides: list[str], work: Path, bench, from_runs: Pat
         def norm(v):
             return list(v) if isinstance(v, (list, tuple)) else v
         diff = sorted(f"{sec}.{k}" for sec in want for k in want[sec]
-                      if f"{sec}.{k}" not in ("train.threads", "train.device")
+                      if f"{sec}.{k}" not in {"train.threads", "train.device", *config_mod.DEPLOY_ONLY}
                       and norm(have.get(sec, {}).get(k)) != norm(want[sec][k]))
         if diff:
             raise UserError(f"--from-runs: {run_dir} was trained with another config "

@@ -129,7 +129,13 @@ def deployment(out: Path, bench, float_results: dict, allow_pickle: bool) -> Non
     print("\n== report of the Lava hybrid run ==")
     _dispatch(["report", "--run", str(sims["lava"]), "--html", str(out / "report.html"),
                "--json", str(out / "report.json")])
-    print(f"\nreport: {out / 'report.html'} (and report.json, PNG plots beside it)")
+    e = json.loads((out / "report.json").read_text())["energy"]
+    ann = e["ann_all_on_host"]
+    print(f"\nenergy per sample (estimates): chip {e['chip'] / 1e6:.2f} uJ vs the spiking branch as an ANN "
+          f"on the host {ann['spiking_branch_as_ann'] / 1e6:.2f} uJ ({ann['chip_over_spiking_branch_as_ann']:.2f}x); "
+          f"hybrid {e['hybrid_total'] / 1e6:.1f} uJ vs all on the host {ann['total_with_host'] / 1e6:.1f} uJ "
+          f"(plot: {out / 'loihi_vs_ann.png'})")
+    print(f"report: {out / 'report.html'} (and report.json, PNG plots beside it)")
 
 
 def netx_check(bundle_dir: Path, qat_dir: Path, bench) -> str:

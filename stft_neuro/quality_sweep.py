@@ -125,7 +125,8 @@ PINNED = _pinned()
 
 def same_config(stored: dict, now: dict) -> bool:
     """True when ``now`` is the configuration ``stored`` describes: equal on every key that is not
-    pinned by every trained variant (``PINNED``: the chip keys, which each variant names), and
+    pinned by every trained variant (``PINNED``: the chip keys, which each variant names) or acts
+    only on the deployed chip (``config.DEPLOY_ONLY``: the sweep tests float runs), and
     any key added to the code since then holds its default (new switches default to the old
     behaviour, so results made before they existed stay valid), or holds the value that
     ``config.from_run_dict`` gives a stored run lacking it (``train.spiking_weight_decay``: the
@@ -135,7 +136,7 @@ def same_config(stored: dict, now: dict) -> bool:
     for section, values in now.items():
         old = stored.get(section, {})
         for key, value in values.items():
-            if f"{section}.{key}" in PINNED:
+            if f"{section}.{key}" in PINNED | config_mod.DEPLOY_ONLY:
                 continue
             if key not in old and key in legacy.get(section, {}) and legacy[section][key] != defaults[section][key]:
                 old = {**old, key: legacy[section][key]}

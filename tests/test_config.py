@@ -1,6 +1,8 @@
 """Config: TOML + overrides, and one clear error for every wrong key or value."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from stft_neuro import config
@@ -68,12 +70,17 @@ def test_the_real_size_recipe_selects_the_saliency_chip_unless_a_key_is_named(tm
     real = config.load(overrides=["data.sizes=real"])
     assert (real.spiking.saliency, real.spiking.hidden, real.spiking.num_steps, real.fusion.readout,
             real.spiking.dynamic_threshold) == (2, (128,), 11, "ridge", False)
+    # issue #17: deployed sparse (payload dead zone, layer 1 pruned in QAT)
+    assert (real.spiking.payload_dead_zone, real.spiking.input_weight_density) == (32, 0.1)
+    assert {"spiking.payload_dead_zone", "spiking.input_weight_density"} == config.DEPLOY_ONLY
     toml = tmp_path / "c.toml"
     toml.write_text('[data]\nsizes = "real"\n[spiking]\nhidden = [64]\n')
     named = config.load(toml, overrides=["spiking.du=0.25"])
     assert named.spiking.hidden == (64,) and named.spiking.du == 0.25 and named.spiking.saliency == 2
     small = config.load()
-    assert small.spiking == config.SpikingConfig() and small.fusion.readout == "trained"
+    assert small.spiking == dataclasses.replace(config.SpikingConfig(), payload_dead_zone=64,
+                                                input_weight_density=0.25)
+    assert small.fusion.readout == "trained"
     assert config.Config(data=config.DataConfig(sizes="real")).spiking.saliency == 0
     paper = config.load(overrides=["data.sizes=real", "spiking.saliency=0", "spiking.hidden=256,256,128"])
     on_base = config.load(overrides=["train.epochs=1"], base=paper)

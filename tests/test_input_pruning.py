@@ -171,3 +171,23 @@ def test_report_counts_the_pruned_fan_out_and_the_training_estimate_equals_it(qa
     with torch.no_grad():
         est = model.spiking.chip_energy(model(a, v, n)["record"])
     assert float(est.total_uj) * 1e6 == pytest.approx(rep["energy"]["chip"], rel=1e-9)
+
+
+@pytest.mark.lava
+def test_lava_hybrid_records_of_a_pruned_run_equal_the_reference_hybrids(qat_runs, tmp_path):
+    """The closed loop on Lava ``fixed_pt`` (a persistent session) of the pruned, dead-zoned QAT run:
+    every record equal to the reference simulator's (spikes of every layer, payloads, predictions)."""
+    pruned = qat_runs[2]
+    recs = {}
+    for backend in ("reference", "lava"):
+        sim = tmp_path / backend
+        assert main(["simulate", "--json", "--checkpoint", str(pruned), "--backend", backend,
+                     "--out", str(sim)]) == 0
+        with np.load(sim / "records.npz") as z:
+            recs[backend] = {k: z[k] for k in z.files}
+    ref, lava = recs["reference"], recs["lava"]
+    assert sorted(ref) == sorted(lava)
+    assert all(int(ref[k].sum()) > 0 for k in ref if k.startswith("spikes_"))  # every layer spiked
+    assert int((ref["payloads"] == 0).sum()) > 0  # the dead zone and the zero drain step sent nothing
+    for k in ref:
+        assert np.array_equal(ref[k], lava[k]), f"{k} differs"
