@@ -191,3 +191,36 @@ def test_lava_hybrid_records_of_a_pruned_run_equal_the_reference_hybrids(qat_run
     assert int((ref["payloads"] == 0).sum()) > 0  # the dead zone and the zero drain step sent nothing
     for k in ref:
         assert np.array_equal(ref[k], lava[k]), f"{k} differs"
+
+
+@FULL
+@given(seed=st.integers(0, 10 ** 6), density=st.sampled_from([0.1, 0.02]))
+def test_deploy_mode_equals_reference_for_the_pruned_real_size_saliency_branch(seed, density):
+    """The ladder's torch rung: the real recipe's branch (saliency chip 512 -> 128, T = 11, its
+    dead zone of 32), layer 1 pruned, in deploy mode (what QAT trains) == the reference simulator
+    on the same plan, every spike; the case drops payloads and layer 1 spikes."""
+    from stft_neuro.model.host import SpikingBranch
+    from stft_neuro.sim.reference import ReferenceSimulator
+
+    spk = config_mod.load(overrides=["data.sizes=real"]).spiking
+    torch.manual_seed(seed)
+    branch = SpikingBranch(24, 20, spk).eval()
+    g = torch.Generator().manual_seed(seed + 7)
+    audio, visual = torch.randn(4, 8, 24, generator=g) * 2, torch.randn(4, 8, 20, generator=g) * 2
+    lengths = torch.randint(1, 9, (4,), generator=g)
+    with torch.no_grad():
+        branch.chip.weights[0].mul_(6.0)  # trained-like drive: layer 1 spikes on the bins it gets
+        branch.calibrate_input(audio, visual, torch.full((4,), 8))
+        branch.chip.prune_input_weights(density)
+        branch.set_deploy(True)
+        plan, _ = branch.deployment_plan()
+        w_int = plan.network.layers[0].weight
+        assert plan.payload_dead_zone == 32 and int((w_int != 0).sum()) <= round(density * w_int.size)
+        x, cue = branch.encode(audio, visual, lengths)
+        q = plan.encode_input(x)
+        want = branch.drive(x, cue, ReferenceSimulator(plan))
+        got = branch.drive(x, cue, branch.chip)
+    raw = torch.round(x / float(branch.chip.input_scale)).clamp(*plan.payload_range)
+    assert int(((raw != 0) & (q == 0)).sum()) > 0  # the dead zone dropped payloads
+    assert int(want.spikes[0].sum()) > 0, "layer 1 never spiked: the case does not reach its regime"
+    assert torch.equal(got.spikes[0].double(), want.spikes[0].double())
