@@ -261,8 +261,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: them; QAT, export and every backend run them): host payloads ``|q| <= k`` are not sent and QAT
 #: prunes layer 1 to a fraction of its weights, because layer 1's synaptic events (nonzero
 #: payloads x nonzero fan-out) are most of the chip's energy. Real size: k = 32 and 10 % of the
-#: weights took the saliency chip from 2.9x the same branch as an ANN on the host to 0.20x at
-#: HM +0.3 [-1.2, +1.8] against QAT without them (BENCHMARKS.md "Energy that pays at real
+#: weights took the saliency chip from 3.05x the same branch as an ANN on the host to 0.20x at
+#: HM +0.14 [-0.48, +0.77] against QAT without them, 5 seeds (BENCHMARKS.md "Energy that pays at real
 #: size"; the grid was chosen on a stage-1 validation probe, and the pair is the cheapest of the
 #: grid without an energy budget, the budget having cost HM on some seeds). Small (demo) size:
 #: k = 64 and 25 % of layer 1 took the paper's chip from 3.6x the ANN to 0.69x, HM -0.1 [-6.9, +6.7]
