@@ -86,6 +86,7 @@ class ChipNetwork(nn.Module):
         self.register_buffer("input_scale", torch.zeros(()))
         self._plan_cache: tuple | None = None   # (parameter key, plan, report)
         self._sequence: tuple | None = None     # (plan, qat layers, state scales) set by reset
+        self._input_mask_hook = None            # prune_input_weights' gradient mask on weights[0]
         if len(sizes) < 2:
             raise ValueError(f"ChipNetwork needs at least one layer, got sizes {sizes}")
         self._sizes = tuple(int(n) for n in sizes)
@@ -125,7 +126,7 @@ class ChipNetwork(nn.Module):
         w.mul_(mask)
         # non-persistent: a pruned run's weights carry their zeros; the mask only guards training
         self.register_buffer("input_mask", mask.to(w.dtype), persistent=False)
-        if getattr(self, "_input_mask_hook", None) is None:
+        if self._input_mask_hook is None:
             self._input_mask_hook = w.register_hook(lambda g: g * self.input_mask)
         return int(w.numel() - keep)
 
