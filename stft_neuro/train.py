@@ -20,9 +20,11 @@ global batch; gradients are averaged by ``DistributedDataParallel``, evaluation 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -104,6 +106,35 @@ def evaluate_split_pair(model: STFT, bench: Benchmark, stage: int, device: torch
     if not dp.active:
         return metrics()
     return protocol.GZSLMetrics(**dp.on_main(lambda: metrics().to_dict()))
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Subnormal floats (|x| < 1.18e-38) flushed to zero on this thread while training, then
+    torch's default (off) again.
+
+    Why: Adam's second moments of parameters whose gradients vanish (weight-decayed weights that
+    no loss reaches, e.g. ``skip_spiking`` once the ridge readout carries the prediction) decay
+    into the subnormal range, and x86 CPUs compute on subnormals in microcode. A real-size
+    ActivityNet saliency run slowed from 20 s to over 120 s per epoch by its tenth; flushing
+    made its training batches 6.2x faster, measured side by side on the same resumed state
+    (BENCHMARKS.md, "Training speed: subnormal floats"). The values flushed are below any
+    quantity the model's outputs resolve. ``torch.set_flush_denormal`` sets the calling thread's
+    FTZ/DAZ bits only: torch's intra-op worker threads keep theirs (the benchmarks train on one
+    thread). Re-entrant: only the outermost ``with`` switches the mode."""
+    global _FLUSH_DEPTH
+    if _FLUSH_DEPTH == 0:
+        torch.set_flush_denormal(True)
+    _FLUSH_DEPTH += 1
+    try:
+        yield
+    finally:
+        _FLUSH_DEPTH -= 1
+        if _FLUSH_DEPTH == 0:
+            torch.set_flush_denormal(False)
+
+
+_FLUSH_DEPTH = 0  # nesting depth of ``flush_denormals`` (training is single-threaded Python)
 
 
 class LossStep(torch.nn.Module):
@@ -199,31 +230,32 @@ def train_epoch(model: STFT, split: Split, w2v: torch.Tensor, train_classes: tor
     totals: dict[str, float] = {}
     batches = 0
     bs = cfg.train.batch_size
-    for i in range(0, len(order), bs):
-        idx, weight = dp.shard(np.sort(order[i:i + bs]))
-        a = torch.as_tensor(split.audio[idx], device=device)
-        v = torch.as_tensor(split.visual[idx], device=device)
-        n = torch.as_tensor(split.lengths[idx], device=device)
-        y = torch.as_tensor(split.labels[idx], device=device)
-        out, text_emb = step(a, v, n, w2v)
-        losses = stft_loss(out, text_emb, w2v, y, cfg.train.margin, train_classes)
-        if energy is not None:
-            e_uj = model.spiking.chip_energy(out["record"]).total_uj
-            losses["total"] = losses["total"] + energy.term(e_uj).to(losses["total"].dtype)
-            losses["energy_uj"] = e_uj.to(losses["total"].dtype)
-        opt.zero_grad(set_to_none=True)
-        (losses["total"] if weight == 1.0 else losses["total"] * weight).backward()
-        opt.step()
-        values = dp.global_mean(torch.stack([val.detach() for val in losses.values()]), weight).tolist()
-        if energy is not None:
-            energy.update(values[list(losses).index("energy_uj")])
-            losses["energy_multiplier"] = torch.tensor(energy.multiplier)
-            values.append(energy.multiplier)
-        for k, val in zip(losses, values):
-            totals[k] = totals.get(k, 0.0) + val
-        batches += 1
-        if on_batch is not None:
-            on_batch(values[list(losses).index("total")])
+    with flush_denormals():
+        for i in range(0, len(order), bs):
+            idx, weight = dp.shard(np.sort(order[i:i + bs]))
+            a = torch.as_tensor(split.audio[idx], device=device)
+            v = torch.as_tensor(split.visual[idx], device=device)
+            n = torch.as_tensor(split.lengths[idx], device=device)
+            y = torch.as_tensor(split.labels[idx], device=device)
+            out, text_emb = step(a, v, n, w2v)
+            losses = stft_loss(out, text_emb, w2v, y, cfg.train.margin, train_classes)
+            if energy is not None:
+                e_uj = model.spiking.chip_energy(out["record"]).total_uj
+                losses["total"] = losses["total"] + energy.term(e_uj).to(losses["total"].dtype)
+                losses["energy_uj"] = e_uj.to(losses["total"].dtype)
+            opt.zero_grad(set_to_none=True)
+            (losses["total"] if weight == 1.0 else losses["total"] * weight).backward()
+            opt.step()
+            values = dp.global_mean(torch.stack([val.detach() for val in losses.values()]), weight).tolist()
+            if energy is not None:
+                energy.update(values[list(losses).index("energy_uj")])
+                losses["energy_multiplier"] = torch.tensor(energy.multiplier)
+                values.append(energy.multiplier)
+            for k, val in zip(losses, values):
+                totals[k] = totals.get(k, 0.0) + val
+            batches += 1
+            if on_batch is not None:
+                on_batch(values[list(losses).index("total")])
     return {k: v / max(batches, 1) for k, v in totals.items()}
 
 
@@ -373,70 +405,71 @@ class Trainer:
                 self._recover(progress)
         self.dp.barrier()
         results: dict = {}
-        for stage in stages:
-            if stage < progress.stage:
-                # stage 1 finished in an earlier process: its outcome lives in the progress record
-                results["stage1_val"] = self._stage1_summary(progress)
-                continue
-            model, opt, sched = self._fresh(stage)
-            if resume and progress.stage == stage and progress.epoch > 0:
-                progress = self._restore(model, opt, sched)
-            epochs = self.cfg.train.epochs if stage == 1 or len(stages) == 1 else max(progress.best_epoch, 1)
-            split = self.bench.splits[f"stage_{stage}_train"]
-            train_classes = torch.as_tensor(np.unique(split.labels), device=self.device)
-            step = loss_step(model, split, self.w2v, train_classes, self.cfg, self.device, self.dp)
-            while progress.epoch < epochs:
-                seed = epoch_seed(self.cfg.train.seed, stage, progress.epoch)
-                torch.manual_seed(self.dp.seed(seed))
-                batch_losses: list[float] = []
-                t0 = time.perf_counter()
-                energy = EnergyBudget.of(self.cfg, progress.energy_multiplier)
-                losses = train_epoch(model, split, self.w2v, train_classes, opt, self.cfg, self.device,
-                                     seed, self._batch_hook(batch_losses), step, self.dp, energy)
-                if energy is not None:
-                    progress.energy_multiplier = energy.multiplier
-                seconds = time.perf_counter() - t0
-                progress.epoch += 1
-                row = {"stage": stage, "epoch": progress.epoch, "seconds": seconds,
-                       "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()}}
+        with flush_denormals():  # training and the per-epoch validation (see flush_denormals)
+            for stage in stages:
+                if stage < progress.stage:
+                    # stage 1 finished in an earlier process: its outcome lives in the progress record
+                    results["stage1_val"] = self._stage1_summary(progress)
+                    continue
+                model, opt, sched = self._fresh(stage)
+                if resume and progress.stage == stage and progress.epoch > 0:
+                    progress = self._restore(model, opt, sched)
+                epochs = self.cfg.train.epochs if stage == 1 or len(stages) == 1 else max(progress.best_epoch, 1)
+                split = self.bench.splits[f"stage_{stage}_train"]
+                train_classes = torch.as_tensor(np.unique(split.labels), device=self.device)
+                step = loss_step(model, split, self.w2v, train_classes, self.cfg, self.device, self.dp)
+                while progress.epoch < epochs:
+                    seed = epoch_seed(self.cfg.train.seed, stage, progress.epoch)
+                    torch.manual_seed(self.dp.seed(seed))
+                    batch_losses: list[float] = []
+                    t0 = time.perf_counter()
+                    energy = EnergyBudget.of(self.cfg, progress.energy_multiplier)
+                    losses = train_epoch(model, split, self.w2v, train_classes, opt, self.cfg, self.device,
+                                         seed, self._batch_hook(batch_losses), step, self.dp, energy)
+                    if energy is not None:
+                        progress.energy_multiplier = energy.multiplier
+                    seconds = time.perf_counter() - t0
+                    progress.epoch += 1
+                    row = {"stage": stage, "epoch": progress.epoch, "seconds": seconds,
+                           "samples_per_s": len(split.labels) / seconds, **{f"loss_{k}": v for k, v in losses.items()}}
+                    if stage == 1:
+                        if model.ridge is not None:  # fusion.readout = ridge: refit, member on validation
+                            member, _ = fit_readout(model, self.bench, 1, self.device)
+                            row["readout_member"] = member.name
+                        val = self._evaluate(model, 1)
+                        row.update({f"val_{k}": v for k, v in val.to_dict().items()})
+                        sched.step(val.HM)
+                        if val.HM > progress.best_hm:
+                            progress.best_hm, progress.best_epoch, progress.best_bias = val.HM, progress.epoch, val.bias
+                            if model.ridge is not None:
+                                progress.readout_member = dataclasses.asdict(member)
+                            if main:
+                                save_weights(model, self.run_dir / "stage1_best.safetensors")
+                    row["batch_losses"] = batch_losses
+                    progress.history.append(row)
+                    self._save(model, opt, sched, progress)
+                    if self.on_epoch is not None:
+                        self.on_epoch(row)
                 if stage == 1:
-                    if model.ridge is not None:  # fusion.readout = ridge: refit, member on validation
-                        member, _ = fit_readout(model, self.bench, 1, self.device)
-                        row["readout_member"] = member.name
-                    val = self._evaluate(model, 1)
-                    row.update({f"val_{k}": v for k, v in val.to_dict().items()})
-                    sched.step(val.HM)
-                    if val.HM > progress.best_hm:
-                        progress.best_hm, progress.best_epoch, progress.best_bias = val.HM, progress.epoch, val.bias
-                        if model.ridge is not None:
-                            progress.readout_member = dataclasses.asdict(member)
-                        if main:
-                            save_weights(model, self.run_dir / "stage1_best.safetensors")
-                row["batch_losses"] = batch_losses
-                progress.history.append(row)
-                self._save(model, opt, sched, progress)
-                if self.on_epoch is not None:
-                    self.on_epoch(row)
-            if stage == 1:
-                results["stage1_val"] = self._stage1_summary(progress)
-                if len(stages) == 1:
-                    from safetensors.torch import load_file
-                    model.load_state_dict(load_file(str(self.run_dir / "stage1_best.safetensors"),
-                                                    device=str(self.device)))
-                    results["stage1_val_metrics"] = self._evaluate(model, 1, progress.best_bias).to_dict()
-            else:
-                if model.ridge is not None:
-                    if progress.readout_member is None:
-                        raise ConfigError("fusion.readout=ridge: stage 2 refits the member stage 1 chose on "
-                                          "validation; run both stages (train.stages=both)")
-                    fit_readout(model, self.bench, 2, self.device, RidgeVariant(**progress.readout_member))
-                    results["readout_member"] = RidgeVariant(**progress.readout_member).name
-                results["stage2_test"] = self._evaluate(model, 2, progress.best_bias).to_dict()
-            if main:
-                save_weights(model, self.run_dir / "model.safetensors")
-            if stage != stages[-1]:
-                progress = dataclasses.replace(progress, stage=stage + 1, epoch=0)
-                self._save(model, opt, sched, progress)
+                    results["stage1_val"] = self._stage1_summary(progress)
+                    if len(stages) == 1:
+                        from safetensors.torch import load_file
+                        model.load_state_dict(load_file(str(self.run_dir / "stage1_best.safetensors"),
+                                                        device=str(self.device)))
+                        results["stage1_val_metrics"] = self._evaluate(model, 1, progress.best_bias).to_dict()
+                else:
+                    if model.ridge is not None:
+                        if progress.readout_member is None:
+                            raise ConfigError("fusion.readout=ridge: stage 2 refits the member stage 1 chose on "
+                                              "validation; run both stages (train.stages=both)")
+                        fit_readout(model, self.bench, 2, self.device, RidgeVariant(**progress.readout_member))
+                        results["readout_member"] = RidgeVariant(**progress.readout_member).name
+                    results["stage2_test"] = self._evaluate(model, 2, progress.best_bias).to_dict()
+                if main:
+                    save_weights(model, self.run_dir / "model.safetensors")
+                if stage != stages[-1]:
+                    progress = dataclasses.replace(progress, stage=stage + 1, epoch=0)
+                    self._save(model, opt, sched, progress)
         progress.done = True
         if main:
             write_json(self.run_dir / "metrics.json", results)

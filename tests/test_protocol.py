@@ -98,3 +98,23 @@ def test_perfect_embeddings_score_100(seed: int, c: int) -> None:
     labels = np.concatenate([np.arange(c), rng.integers(0, c, 10)])
     m = P.evaluate(cls[labels], labels, cls, np.arange(c - 2), np.arange(c - 2, c), bias=0.0)
     assert (m.S, m.U, m.HM, m.ZSL) == (100.0, 100.0, 100.0, 100.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.integers(1, 30), st.sampled_from([1, 8, 300]),
+       st.sampled_from([1e-3, 1.0, 30.0]))
+def test_distances_equal_pairwise_differences(seed: int, n: int, c: int, e: int, scale: float) -> None:
+    """The one-matmul form equals the pairwise-difference norm (to float64 cancellation) and names
+    the same nearest class, also for samples that sit exactly on a class embedding."""
+    rng = np.random.default_rng(seed)
+    x, t = rng.normal(size=(n, e)) * scale, rng.normal(size=(c, e)) * scale
+    x[0] = t[-1]  # a sample on a class: distance 0 up to rounding, and that class is its nearest
+    naive = np.linalg.norm(x[:, None, :] - t[None, :, :], axis=2)
+    d = P.distances(x, t)
+    assert d.shape == (n, c) and (d >= 0).all()
+    np.testing.assert_allclose(d, naive, rtol=1e-9, atol=1e-6 * scale)
+    gap = np.sort(naive, axis=1)
+    clear = gap.shape[1] == 1 or (gap[:, 1] - gap[:, 0] > 1e-6 * scale).all()
+    if clear:
+        np.testing.assert_array_equal(d.argmin(1), naive.argmin(1))
+    assert d[0].argmin() == c - 1 and d[0, c - 1] < 1e-6 * scale
