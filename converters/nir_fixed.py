@@ -87,6 +87,13 @@ class LayerQuant:
     vth_range: tuple[int, int]
     du_values: tuple[int, ...]
     dv_values: tuple[int, ...]
+    #: the worst neuron's share of its drive (sum over its weights of |w| x the largest input the
+    #: source sends) carried by nonzero float weights that rounded to 0: what the 8-bit mantissa
+    #: under the layer's one exponent lost, for the neuron that lost most
+    weights_zeroed_drive: float = 0.0
+    #: signed mantissa bits that would keep every nonzero weight of the layer off 0 under one
+    #: shared exponent: ceil(log2(max |w| / min nonzero |w|)) + 2 (0 without weights)
+    weight_bits_needed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -174,10 +181,13 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
                                    float(S)))
         pops_of[st.name] = pops
         sat = zeroed = changed = nw = 0
-        for src, b, _ in blocks:
+        lost, drive = np.zeros(st.n), np.zeros(st.n)
+        for src, b, pmax in blocks:
             w_int = Q._round_weights(b, k, mode)
             sat += int(((b * k < lo - 0.5) | (b * k > hi + 0.5)).sum())
             zeroed += int(((w_int == 0) & (b != 0)).sum())
+            lost += np.where((w_int == 0) & (b != 0), np.abs(b), 0.0).sum(axis=1) * pmax
+            drive += np.abs(b).sum(axis=1) * pmax
             nw += int(b.size)
             if src == lplan.input or src.startswith("bias:"):
                 cols = [(src, np.arange(b.shape[1]))]
@@ -198,7 +208,10 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
                                  int(((dv_raw < 0) | (dv_raw > C.DECAY_MAX)).sum()),
                                  int((vth_raw > C.VTH_MAX).sum()), (int(vth.min()), int(vth.max())),
                                  tuple(int(a) for a in np.unique(du)),
-                                 tuple(int(a) for a in np.unique(dv))))
+                                 tuple(int(a) for a in np.unique(dv)),
+                                 float(np.max(np.divide(lost, drive, out=np.zeros_like(lost),
+                                                        where=drive > 0), initial=0.0)),
+                                 _bits_needed(w_all)))
     graph = FixedPointGraph(
         n_in=int(np.prod(lplan.in_shape)), input_bits=int(input_bits),
         layers=tuple((st.name, st.n) for st in lplan.stages),
@@ -206,6 +219,15 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
         populations=tuple(p for st in lplan.stages for p in pops_of[st.name]),
         projections=tuple(projections), bias_inputs=tuple(bias_inputs))
     return graph, report
+
+
+def _bits_needed(w: np.ndarray) -> int:
+    """Signed mantissa bits that keep every nonzero weight of ``w`` off 0 under one exponent: the
+    largest must fit ``2^(n-1) - 1`` while the smallest rounds to at least 1 (>= 0.5 before)."""
+    nz = np.abs(w[w != 0])
+    if nz.size == 0:
+        return 0
+    return int(np.ceil(np.log2(nz.max() / nz.min()))) + 2
 
 
 # ------------------------------------------------------------------------------------------------

@@ -125,14 +125,15 @@ def quantize(file: str, graph: Any, x: np.ndarray, dt: float, input_bits: int
     return lplan, fg, layers, info, payloads
 
 
-def design_rules(fg: Any) -> tuple[dict[str, Any], Any]:
+def design_rules(fg: Any, quant: list | None = None) -> tuple[dict[str, Any], Any]:
     """``(resources section, mapping)``: ``hw_targets/loihi2/report.resource_report`` of the
-    populations (limits, per-population cores, totals) with the graph's design rules."""
+    populations (limits, per-population cores, totals) with the graph's design rules
+    (``quant``: the per-layer ``LayerQuant``, for the weight-bits rule)."""
     from stft_neuro.converters.nir_fixed import MAX_PROFILES_PER_LAYER
     from stft_neuro.hw_targets.loihi2 import graph_rules as GR
     from stft_neuro.hw_targets.loihi2.report import resource_report
 
-    rows = GR.check_graph(fg, MAX_PROFILES_PER_LAYER)
+    rows = GR.check_graph(fg, MAX_PROFILES_PER_LAYER, quant=quant)
     res = resource_report(GR.population_network(fg))
     errors = sum(r["severity"] == "error" for r in rows)
     res["design_rules"] = {"passed": errors == 0, "errors": errors,
@@ -335,14 +336,15 @@ def format_deploy(rep: dict[str, Any]) -> str:
     lines += ["", f"quantization: input {q['input']['input_bits']}-bit, scale "
                   f"{q['input']['input_scale']:.4g}, {q['input']['payloads_saturated']}/"
                   f"{q['input']['payloads']} payloads saturated; agreement with the float run:",
-              f"{'layer':<16} {'profiles':>8} {'w.exp':>5} {'w.sat':>6} {'w.zero':>7} {'b.sat':>6} "
-              f"{'du/dv/vth clip':>14} {'equal':>7} {'rate fixed':>10} {'rate float':>10}"]
+              f"{'layer':<16} {'profiles':>8} {'w.exp':>5} {'w.sat':>6} {'w.zero':>7} {'w.lost':>6} "
+              f"{'b.sat':>6} {'du/dv/vth clip':>14} {'equal':>7} {'rate fixed':>10} {'rate float':>10}"]
     for name, lq in q["layers"].items():
         a = ag[name]
         tail = (f"readout v: correlation {a['correlation']:.4f} with the float run" if a.get("readout")
                 else f"{a['equal_fraction']:>7.2%} {a['rate_fixed']:>10.4f} {a['rate_float']:>10.4f}")
         lines.append(f"{name[:16]:<16} {lq['profiles']:>8} {lq['weight_exp']:>5} "
-                     f"{lq['weights_saturated']:>6} {lq['weights_zeroed']:>7} {lq['bias_saturated']:>6} "
+                     f"{lq['weights_saturated']:>6} {lq['weights_zeroed']:>7} "
+                     f"{lq['weights_zeroed_drive']:>6.1%} {lq['bias_saturated']:>6} "
                      f"{lq['du_clipped']:>4}/{lq['dv_clipped']}/{lq['vth_clipped']:<5} {tail}")
     return "\n".join(lines) + "\n\n" + format_table(rep)
 
@@ -370,7 +372,7 @@ def main(args: argparse.Namespace) -> int:
     lplan, fg, qlayers, qinfo, payloads = quantize(args.file, graph, x.reshape(B, T, -1), dt,
                                                    args.input_bits)
     host_layers = tuple(sorted(set(lplan.outputs.values())))
-    res, mapping = design_rules(fg)
+    res, mapping = design_rules(fg, qlayers)
     if not res["design_rules"]["passed"]:
         dr = res["design_rules"]
         if args.json:

@@ -28,7 +28,7 @@ from stft_neuro.export.bundle import sha256
 from stft_neuro.hw_targets.loihi2 import graph_rules as GR
 from stft_neuro.hw_targets.loihi2 import rules as R
 from stft_neuro.hw_targets.loihi2.graph_file import load_graph
-from stft_neuro.hw_targets.loihi2.network import GRAPH_INPUT
+from stft_neuro.hw_targets.loihi2.network import GRAPH_INPUT, PayloadRange
 
 from test_nir_fixed_errors import _li_hidden
 from test_nir_graphs import sinabs_graph
@@ -171,15 +171,20 @@ def _leaky(n, beta):
                      init_hidden=True)
 
 
-def rules_case(tmp_path, capsys, n_in, hidden, *extra):
+def rules_case(tmp_path, capsys, n_in, hidden, *extra, giant_weight: float | None = None):
     """snnTorch: n_in inputs -> ``hidden`` Leaky (one beta) -> 130 Leaky with random per-neuron
     betas (130 profiles, each one LIF process on cores of its own: more than 120 cores).
+    ``giant_weight``: the second Linear's weight [0, 0] set to that multiple of its largest, so
+    that under one exponent every other weight of the layer rounds to 0 (weight bits).
     Returns the violation rows, the set of rules broken (errors), and the one error line."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), _leaky(hidden, torch.full((hidden,), 0.9)),
                               torch.nn.Linear(hidden, 130),
                               _leaky(130, torch.rand(130, generator=g) * 0.5 + 0.45))
+    if giant_weight is not None:
+        with torch.no_grad():
+            net[2].weight[0, 0] = giant_weight * net[2].weight.abs().max()
     graph = export_to_nir(net, torch.zeros(1, n_in), ignore_dims=[0])
     rc, out, err, folder = deploy(tmp_path, capsys, graph, np.random.default_rng(0).random((2, n_in)),
                                   *extra)
@@ -207,15 +212,86 @@ def test_design_rule_violations_listed_at_once(tmp_path, capsys):
     assert by["cores_per_chip"]["value"] > by["cores_per_chip"]["limit"] == 120
 
 
+def test_weight_bits_violation_listed_with_the_others(tmp_path, capsys):
+    """One weight 10^4 times the layer's largest: under the layer's one exponent an 8-bit mantissa
+    rounds every other weight of the layer to 0, so every neuron but neuron 0 loses its whole
+    drive. The weight-bits rule names the layer and the bits its weights would need, beside the
+    two rules the graph breaks anyway."""
+    by, broken = rules_case(tmp_path, capsys, 8, 4, giant_weight=1e4)
+    assert broken == {"cores_per_chip", "max_profiles_per_layer", "weight_bits"}, broken
+    wb = by["weight_bits"]
+    assert wb["node"] == "3" and wb["parameter"] == "weight (mantissa bits)"
+    assert wb["value"] == 100.0 and wb["limit"] == 100 * GR.WEIGHTS_ZEROED_DRIVE_ERROR
+    assert wb["severity"] == "error"
+    assert "signed bits under one exponent and a Loihi 2 mantissa has 8" in wb["message"]
+    needed = int(wb["message"].split(" signed bits")[0].rsplit(" ", 1)[1])
+    assert needed >= 14 + 2  # log2(1e4) > 13.2: at least 16 signed bits
+    # without the giant weight that layer keeps its weights (layer 1 may warn: graded input)
+    by, broken = rules_case(tmp_path, capsys, 8, 4)
+    assert "weight_bits" not in broken and by.get("weight_bits", {"node": "1"})["node"] == "1"
+
+
+def test_weight_bits_rule_counts_the_worst_neurons_lost_drive():
+    """``graph_rules.weight_bits`` against hand-made records: both tolerances are exclusive, a
+    share between them warns, past the error share it refuses."""
+    base = dict(neurons=3, profiles=1, weight_exp=0, weight_scale=1.0, state_scale=1.0, weights=9,
+                weights_saturated=0, weights_zeroed=2, weights_changed_by_sign_mode=0,
+                bias_saturated=0, du_clipped=0, dv_clipped=0, vth_clipped=0, vth_range=(1, 1),
+                du_values=(0,), dv_values=(0,), weight_bits_needed=11)
+    shares = {"a": GR.WEIGHTS_ZEROED_DRIVE_WARNING, "b": 0.2, "c": GR.WEIGHTS_ZEROED_DRIVE_ERROR, "d": 0.75}
+    v = GR.weight_bits([F.LayerQuant(k, **base, weights_zeroed_drive=x) for k, x in shares.items()])
+    assert [(x.layer, x.severity) for x in v] == [("b", "warning"), ("c", "warning"), ("d", "error")]
+    assert v[2].value == 75.0 and v[2].limit == 100 * GR.WEIGHTS_ZEROED_DRIVE_ERROR
+    assert v[0].value == 20.0 and v[0].limit == 100 * GR.WEIGHTS_ZEROED_DRIVE_WARNING
+    assert "2 of its weights round to 0: they span 11 signed bits" in v[2].message
+
+
+def test_weights_zeroed_drive_is_the_worst_neurons_share():
+    """The quantization record's share, recomputed here from the lowered float weights and the
+    integer weights the graph holds: the worst neuron's lost |w| x payload over its total."""
+    graph, x = case("leaky")
+    import tempfile
+    from stft_neuro.converters.nir_lava import lower
+    from stft_neuro.run_nir import quantize_input
+    with tempfile.TemporaryDirectory() as d:
+        nir.write(f"{d}/g.nir", graph)
+        lplan = lower(read_nir(f"{d}/g.nir")[0], 1e-4)
+    B, T = x.shape[:2]
+    scale, _, _ = quantize_input(x.reshape(B, T, -1), 8)
+    fg, rep = F.quantize_graph(lplan, scale, 8, max_profiles=None)
+    st = lplan.stages[0]
+    first = st.name
+    pmax = PayloadRange.for_message_bits(8).abs_max
+    # the layer's drive: the input's columns (x the largest |payload|, 128) and its biases (x 1)
+    biases = [(f"bias:{first}@{k}", v) for k, v in sorted(st.drive.items()) if np.any(v != 0)]
+    b = np.hstack([np.asarray([c for c in lplan.connections if c.dst == first][0].weight.toarray())
+                   * scale * pmax] + [np.asarray(v, np.float64).reshape(-1, 1) for _, v in biases])
+    w = np.zeros_like(b, dtype=np.int64)
+    cols = {GRAPH_INPUT: slice(0, b.shape[1] - len(biases)),
+            **{src: slice(b.shape[1] - len(biases) + i, b.shape[1] - len(biases) + i + 1)
+               for i, (src, _) in enumerate(biases)}}
+    for pr in fg.projections:
+        if fg.population(pr.dst).layer == first:
+            w[fg.population(pr.dst).index, cols[pr.src]] = pr.weight
+    lost = np.where((w == 0) & (b != 0), np.abs(b), 0).sum(1) / np.abs(b).sum(1)
+    q = rep[0]
+    assert q.name == first and q.weights_zeroed == int(((w == 0) & (b != 0)).sum()) > 0
+    assert q.weights_zeroed_drive == pytest.approx(lost.max(), rel=1e-12) and 0 < lost.max() < 1
+    b[:, cols[GRAPH_INPUT]] /= pmax
+    nz = np.abs(b[b != 0])
+    assert q.weight_bits_needed == int(np.ceil(np.log2(nz.max() / nz.min()))) + 2
+
+
 @pytest.mark.slow
-def test_four_design_rules_broken_listed_at_once(tmp_path, capsys):
-    """Also a fan-in of 131073 8-bit synapses, more than one core's 1 Mbit: fan-in and core memory
+def test_five_design_rules_broken_listed_at_once(tmp_path, capsys):
+    """Weight bits (as above), and a fan-in of 131073 8-bit synapses, more than one core's 1 Mbit: fan-in and core memory
     (lowering a 131073-wide Linear takes ~50 s here: ``nir_lava._linear_map`` probes it with
     identity columns). 2-bit input: with 8-bit payloads no weight scale keeps 131073 inputs inside
     the 16-bit Dense output (``quantize.choose_layer_scales`` refuses such a layer in one line)."""
-    by, broken = rules_case(tmp_path, capsys, 131073, 1, "--input-bits", "2")
+    by, broken = rules_case(tmp_path, capsys, 131073, 1, "--input-bits", "2", giant_weight=1e4)
     assert broken == {"fan_in_fits_core", "core_capacity", "cores_per_chip",
-                      "max_profiles_per_layer"}, broken
+                      "max_profiles_per_layer", "weight_bits"}, broken
+    assert by["weight_bits"]["node"] == "3"
     assert by["fan_in_fits_core"]["node"] == "1" and by["fan_in_fits_core"]["value"] >= 131073 * 8
     assert by["fan_in_fits_core"]["parameter"] == "fan-in"
     assert by["core_capacity"]["population"] == "1"

@@ -9,8 +9,12 @@ things a graph is made of:
   incoming projections side by side ``(n, fan-in)``: its neuron parameters, and its place on the
   cores (:data:`POPULATION_RULES`; the mapping puts each population on cores of its own, synapses
   stored dense on the destination cores, as ``mapping.py`` does for a layer);
-- and one rule of the graph itself, :func:`max_profiles_per_layer` (Lava's LIF holds one
-  ``du, dv, vth`` per process: ``converters/nir_fixed.MAX_PROFILES_PER_LAYER``).
+- and two rules of the graph itself: :func:`max_profiles_per_layer` (Lava's LIF holds one
+  ``du, dv, vth`` per process: ``converters/nir_fixed.MAX_PROFILES_PER_LAYER``) and
+  :func:`weight_bits` (the float weights against Loihi 2's 8-bit mantissa: the quantized weights
+  always fit 8 bits, so ``weight_mantissa_8bit`` cannot fail for a float graph; what can fail is
+  that 8 bits under one exponent per layer cannot hold the layer's weights, and the small ones
+  round to 0).
 
 Not applied: ``layer_shapes_chain`` (a graph is not a chain; its shapes are checked when it is
 built) and ``graded_payload_bits`` (the host's input bits are checked by the command, 2..8; every
@@ -50,6 +54,7 @@ PARAMETER = {
     "bias_exponent_3bit": "bias_exp", "fan_in_fits_core": "fan-in",
     "core_capacity": "neurons and synaptic memory per core", "cores_per_chip": "cores",
     "synapses_per_chip": "synapses", "max_profiles_per_layer": "(du, dv, vth) profiles",
+    "weight_bits": "weight (mantissa bits)",
 }
 
 
@@ -103,6 +108,37 @@ def max_profiles_per_layer(g: FixedPointGraph, limit: int) -> list[R.Violation]:
     return out
 
 
+#: Shares of one neuron's drive on weights that rounded to 0 (``weight_bits``). Not hardware
+#: limits: tolerances of this toolkit. Past the warning share the deployed neuron computes a
+#: visibly different function from the float one (the quantization report's per-layer agreement
+#: shows how much; graded 8-bit inputs often cost layer 1 a few percent, since the quantizer then
+#: keeps the 16-bit Dense output and u in range at the weights' expense). Past the error share the
+#: neuron has lost most of what drove it, and the graph is refused.
+WEIGHTS_ZEROED_DRIVE_WARNING: float = 0.01
+WEIGHTS_ZEROED_DRIVE_ERROR: float = 0.5
+
+
+def weight_bits(quant: list[Any], warning: float = WEIGHTS_ZEROED_DRIVE_WARNING,
+                error: float = WEIGHTS_ZEROED_DRIVE_ERROR, mantissa_bits: int = 8) -> list[R.Violation]:
+    """Per graph layer (``nir_fixed.LayerQuant``): a violation when, for some neuron, the nonzero
+    float weights that Loihi 2's ``mantissa_bits``-bit mantissa under the layer's one exponent
+    rounds to 0 carry more than ``warning`` (a warning) or ``error`` (an error) of its drive (sum
+    of |w| x the largest input of the source). Value and limit are in percent."""
+    out = []
+    for q in quant:
+        share = q.weights_zeroed_drive
+        if share > warning:
+            severe = share > error
+            out.append(R._violation(
+                "weight_bits", q.name, "a neuron with this % of its drive on weights rounded to 0:",
+                round(100 * share, 1), round(100 * (error if severe else warning), 1), ">",
+                f"{q.weights_zeroed} of its weights round to 0: they span "
+                f"{q.weight_bits_needed} signed bits under one exponent and a Loihi 2 mantissa has "
+                f"{mantissa_bits}; narrow the layer's weight range (prune or clip the largest, or "
+                "rescale) or split it", severity=R.ERROR if severe else R.WARNING))
+    return out
+
+
 def _row(v: R.Violation, g: FixedPointGraph, where: str) -> dict[str, Any]:
     """A violation with the NIR node (graph layer) and the connection or population it is about."""
     node = part = None
@@ -119,20 +155,22 @@ def _row(v: R.Violation, g: FixedPointGraph, where: str) -> dict[str, Any]:
             "parameter": PARAMETER.get(v.rule, v.rule), **v.to_dict()}
 
 
-def check_graph(g: FixedPointGraph, max_profiles: int, target: Loihi2Target = LOIHI2
-                ) -> list[dict[str, Any]]:
+def check_graph(g: FixedPointGraph, max_profiles: int, target: Loihi2Target = LOIHI2,
+                quant: list[Any] | None = None) -> list[dict[str, Any]]:
     """Every design-rule violation (errors and warnings) of ``g``, as JSON-ready rows with keys
     ``node, parameter, rule, value, limit, severity, message`` (and ``projection`` or
-    ``population``: the Dense ``"src->dst"`` or the LIF process it is about)."""
+    ``population``: the Dense ``"src->dst"`` or the LIF process it is about). ``quant``: the
+    per-layer quantization record (``nir_fixed.quantize_graph``) for :func:`weight_bits`."""
     proj, pops = projection_network(g), population_network(g)
     rows = [_row(v, g, "graph") for v in max_profiles_per_layer(g, max_profiles)]
+    rows += [_row(v, g, "graph") for v in weight_bits(quant or [])]
     rows += [_row(v, g, "projection") for v in R.check(proj, target, PROJECTION_RULES)]
     rows += [_row(v, g, "population") for v in R.check(pops, target, POPULATION_RULES)]
     return rows
 
 
 def rules_checked() -> list[str]:
-    return (["max_profiles_per_layer"] + [r.__name__ for r in PROJECTION_RULES]
+    return (["max_profiles_per_layer", "weight_bits"] + [r.__name__ for r in PROJECTION_RULES]
             + [r.__name__ for r in POPULATION_RULES])
 
 
