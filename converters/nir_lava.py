@@ -14,6 +14,7 @@ Two halves:
        LIF      du = 1            dv = dt/tau      a_in = (r dt/tau) W x
        CubaLIF  du = dt/tau_syn   dv = dt/tau_mem  a_in = (r dt/tau_mem)(w_in dt/tau_syn) W x
        IF       du = 1            dv = 0           a_in = r W x  (r: conventions.if_gain)
+       Threshold du = 1           dv = 1           a_in = W x    (z = x > threshold, no state)
        vth = v_threshold (>= 0), v_reset must be 0 (Lava's LIF resets to 0)
        LI / CubaLI: as LIF / CubaLIF with no threshold and no reset (a *readout*: it may feed
        Output nodes only; Lava's float LIF cannot send v, so only the fixed-point path runs it,
@@ -67,7 +68,11 @@ from stft_neuro.converters import conventions
 from stft_neuro.converters.nir_graph import Graph, NIRGraphError
 from stft_neuro.sim import lava_runtime
 
-NEURONS = ("LIF", "CubaLIF", "IF")
+#: Spiking nodes, each a Lava LIF population. ``Threshold`` (``z = x > threshold``, no state) is
+#: a LIF with ``du = dv = 1``: u and v hold only this step's input, exact in float; in fixed point
+#: dv tops out at 4095 (``constants.DECAY_MAX``), so v keeps 1/4096 of itself (below 1/64 of the
+#: threshold after a step without a spike), reported as ``dv_clipped``.
+NEURONS = ("LIF", "CubaLIF", "IF", "Threshold")
 #: Leaky integrators without spikes: lowered as stages (Lava's LIF dynamics, no threshold, no
 #: reset) that only the fixed-point path runs, as readouts whose output is the membrane v
 #: (``converters/nir_fixed.py``); they may feed Output nodes only.
@@ -216,10 +221,10 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
             k = int(steps[0]) if steps.size else 0
             expr[name] = ({(src, lag + k): m for (src, lag), m in acc.items()},
                           {start + k: v for start, v in consts.items()})
-        else:
-            why = {"I": "Lava's LIF sends spikes only, an integrator's value cannot be read out",
-                   "Threshold": "Lava has no stateless threshold process"}[node.kind]
-            raise LavaMappingError(f"node {name!r} ({node.kind}) cannot run on Lava: {why}")
+        else:  # I
+            raise LavaMappingError(f"node {name!r} ({node.kind}) cannot run on Lava: an integrator "
+                                   "without leak has no bounded v (its scale would depend on the run's "
+                                   "length), and Lava's LIF sends spikes only")
 
     stages, conns, depth = [], [], {src_name: 0}
     for name in graph.order:
@@ -234,10 +239,11 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
                 raise LavaMappingError(f"node {src!r} ({graph.nodes[src].kind}) feeds node {name!r}: "
                                        "a leaky integrator (no spikes) runs on Lava as a readout "
                                        "only, read by the host (Output), not by another layer")
-        if not readout and np.any(p["v_reset"] != 0):
+        threshold = p["threshold"] if node.kind == "Threshold" else p.get("v_threshold")
+        if not readout and np.any(p.get("v_reset", 0.0) != 0):
             raise LavaMappingError(f"node {name!r} ({node.kind}): v_reset must be 0 on Lava (its LIF "
                                    f"resets to 0), got {np.unique(p['v_reset'])[:4].tolist()}")
-        if not readout and np.any(p["v_threshold"] < 0):
+        if not readout and np.any(np.asarray(threshold) < 0):
             raise LavaMappingError(f"node {name!r} ({node.kind}): v_threshold < 0 is not supported on "
                                    "Lava (neurons would spike before their aligned start)")
         n = node.size
@@ -251,6 +257,8 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
             scale = (conventions.membrane_gain(dt, p["tau_mem"], p["r"])
                      * conventions.synapse_gain(dt, p["tau_syn"], p["w_in"])).reshape(-1)
             leak = conventions.leak_drive(dt, p["tau_mem"], p["v_leak"]).reshape(-1)
+        elif node.kind == "Threshold":  # no state: u and v forget everything each step
+            du, dv, scale, leak = np.ones(n), np.ones(n), np.ones(n), np.zeros(n)
         else:  # IF
             du, dv = np.ones(n), np.zeros(n)
             scale, leak = conventions.if_gain(dt, p["r"])[0].reshape(-1), np.zeros(n)
@@ -287,7 +295,7 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
             bias_mant = bias_mant + drive.pop(0)  # du = 1: u-drive == v-drive
         depth[name] = d
         vth = (np.zeros(n) if readout
-               else np.asarray(p["v_threshold"], dtype=np.float64).reshape(-1))
+               else np.broadcast_to(np.asarray(threshold, dtype=np.float64), node.out_shape).reshape(-1))
         stages.append(NeuronStage(name, node.kind, node.out_shape, du, dv, vth, drive, leak, d,
                                   bias_mant))
     outputs = {}
@@ -296,8 +304,8 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
         keys = list(terms)
         if (len(keys) != 1 or keys[0][1] != 0 or keys[0][0] not in stage_in or cs
                 or (terms[keys[0]] != sp.identity(terms[keys[0]].shape[0])).nnz):
-            raise LavaMappingError(f"Output node {o!r} must be fed by a neuron (LIF, CubaLIF, IF, or "
-                                   "an LI/CubaLI readout) on Lava, unchanged")
+            raise LavaMappingError(f"Output node {o!r} must be fed by a neuron (LIF, CubaLIF, IF, "
+                                   "Threshold, or an LI/CubaLI readout) on Lava, unchanged")
         outputs[o] = keys[0][0]
     return LavaPlan(src_name, graph.nodes[src_name].out_shape, tuple(stages), tuple(conns),
                     outputs, float(dt))
