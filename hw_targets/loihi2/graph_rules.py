@@ -13,7 +13,7 @@ things a graph is made of:
   ``du, dv, vth`` per process: ``converters/nir_fixed.MAX_PROFILES_PER_LAYER``) and
   :func:`weight_bits` (the float weights against Loihi 2's 8-bit mantissa: the quantized weights
   always fit 8 bits, so ``weight_mantissa_8bit`` cannot fail for a float graph; what can fail is
-  that 8 bits under one exponent per layer cannot hold the layer's weights, and the small ones
+  that 8 bits under one exponent per source cannot hold its weights, and the small ones
   round to 0).
 
 Not applied: ``layer_shapes_chain`` (a graph is not a chain; its shapes are checked when it is
@@ -121,7 +121,7 @@ WEIGHTS_ZEROED_DRIVE_ERROR: float = 0.5
 def weight_bits(quant: list[Any], warning: float = WEIGHTS_ZEROED_DRIVE_WARNING,
                 error: float = WEIGHTS_ZEROED_DRIVE_ERROR, mantissa_bits: int = 8) -> list[R.Violation]:
     """Per graph layer (``nir_fixed.LayerQuant``): a violation when, for some neuron, the nonzero
-    float weights that Loihi 2's ``mantissa_bits``-bit mantissa under the layer's one exponent
+    float weights that Loihi 2's ``mantissa_bits``-bit mantissa under its source's exponent
     rounds to 0 carry more than ``warning`` (a warning) or ``error`` (an error) of its drive (sum
     of |w| x the largest input of the source). Value and limit are in percent."""
     out = []
@@ -133,9 +133,9 @@ def weight_bits(quant: list[Any], warning: float = WEIGHTS_ZEROED_DRIVE_WARNING,
                 "weight_bits", q.name, "a neuron with this % of its drive on weights rounded to 0:",
                 round(100 * share, 1), round(100 * (error if severe else warning), 1), ">",
                 f"{q.weights_zeroed} of its weights round to 0: they span "
-                f"{q.weight_bits_needed} signed bits under one exponent and a Loihi 2 mantissa has "
-                f"{mantissa_bits}; narrow the layer's weight range (prune or clip the largest, or "
-                "rescale) or split it", severity=R.ERROR if severe else R.WARNING))
+                f"{q.weight_bits_needed} signed bits under one exponent per source and a Loihi 2 "
+                f"mantissa has {mantissa_bits}; narrow the layer's weight range (prune or clip the "
+                "largest, or rescale) or split it", severity=R.ERROR if severe else R.WARNING))
     return out
 
 
