@@ -100,6 +100,8 @@ class LayerQuant:
     #: per source: the most over its sources of ceil(log2(max |w| / min nonzero |w|)) + 2 (0 without
     #: weights)
     weight_bits_needed: int = 0
+    #: neurons whose ``v_reset`` (NIR ``v_reset != 0``) left v's 24-bit range (clipped); 0 without
+    v_reset_clipped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -170,6 +172,11 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
         vth_raw = np.round(st.vth * S / 2 ** C.VTH_SHIFT)
         vth = np.clip(vth_raw, 0, C.VTH_MAX).astype(np.int64)
         bias_mant, bias_exp, bias_sat = Q._bias_to_int(np.asarray(v_bias, np.float64) * S)
+        v_reset = v_reset_clipped = None
+        if st.v_reset is not None:  # v's units: S LSBs per float unit (the threshold's are S / 64)
+            raw = np.round(st.v_reset * S)
+            v_reset = np.clip(raw, C.V_MIN, C.V_MAX).astype(np.int64)
+            v_reset_clipped = int((raw != v_reset).sum())
         profiles, which = np.unique(np.stack([du, dv, vth], 1), axis=0, return_inverse=True)
         which = which.reshape(-1)
         if max_profiles is not None and len(profiles) > max_profiles:
@@ -184,7 +191,7 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
             name = st.name if len(profiles) == 1 else f"{st.name}#{j}"
             pops.append(Population(name, st.name, idx, int(pdu), int(pdv), int(pvth),
                                    bias_mant[idx].copy(), int(bias_exp), bool(st.readout),
-                                   float(S)))
+                                   float(S), None if v_reset is None else v_reset[idx].copy()))
         pops_of[st.name] = pops
         sat = zeroed = changed = nw = 0
         lost, drive = np.zeros(st.n), np.zeros(st.n)
@@ -225,7 +232,8 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
                                  tuple(int(a) for a in np.unique(dv)),
                                  float(np.max(np.divide(lost, drive, out=np.zeros_like(lost),
                                                         where=drive > 0), initial=0.0)),
-                                 max((_bits_needed(b) for _, b, _ in blocks), default=0)))
+                                 max((_bits_needed(b) for _, b, _ in blocks), default=0),
+                                 v_reset_clipped or 0))
     graph = FixedPointGraph(
         n_in=int(np.prod(lplan.in_shape)), input_bits=int(input_bits),
         layers=tuple((st.name, st.n) for st in lplan.stages),
@@ -254,6 +262,10 @@ def bias_signal(g: FixedPointGraph, steps: int) -> np.ndarray:
     for j, src in enumerate(g.bias_inputs):
         out[max(0, g.bias_start(src)):, j] = 1.0
     return out
+
+
+def _v_reset(p: Population) -> torch.Tensor | None:
+    return None if p.v_reset is None else torch.from_numpy(np.asarray(p.v_reset, np.float64))
 
 
 def _check_payloads(g: FixedPointGraph, x: torch.Tensor) -> torch.Tensor:
@@ -330,7 +342,8 @@ def run_reference(g: FixedPointGraph, x: torch.Tensor, activity: dict | None = N
                     u, v = A.li_step(a, u0, v0, du=p.du, dv=p.dv, bias=b_eff)
                     s = v
                 else:
-                    s, u, v = A.lif_step(a, u0, v0, du=p.du, dv=p.dv, vth=p.vth, bias=b_eff)
+                    s, u, v = A.lif_step(a, u0, v0, du=p.du, dv=p.dv, vth=p.vth, bias=b_eff,
+                                         v_reset=_v_reset(p))
                 state[p.name] = (u, v)
                 out[p.name][t] = s
                 act["active"][t] += int(((u != u0) | (v != v0)).sum())
@@ -367,7 +380,8 @@ def run_definition(g: FixedPointGraph, x: torch.Tensor) -> dict[str, torch.Tenso
                 s = v[p.name]
             else:
                 s, u[p.name], v[p.name] = A.lif_step(buf[p.name], u[p.name], v[p.name], du=p.du,
-                                                     dv=p.dv, vth=p.vth, bias=b_eff)
+                                                     dv=p.dv, vth=p.vth, bias=b_eff,
+                                                     v_reset=_v_reset(p))
             spikes[p.name][t] = s
             now[p.name] = s
         buf = {p.name: torch.zeros(B, p.n, dtype=torch.float64) for p in g.populations}
@@ -411,11 +425,15 @@ class LavaFixedRunner:
         if nb:
             bias_inj = lv.Injector(shape=(nb,))
             injectors.append(bias_inj)
-        lifs = {p.name: (lv.LIReadout if p.readout else lv.LIF)(
-                    shape=(B * p.n,), du=p.du, dv=p.dv, vth=p.vth,
-                    bias_mant=np.tile(p.bias_mant, B), bias_exp=p.bias_exp,
-                    name=p.name.replace("#", "_"))
-                for p in g.populations}
+        def neurons(p: Population) -> Any:
+            kind, extra = lv.LIF, {}
+            if p.readout:
+                kind = lv.LIReadout
+            elif p.v_reset is not None:
+                kind, extra = lv.ResetLIF, {"v_reset": np.tile(p.v_reset, B)}
+            return kind(shape=(B * p.n,), du=p.du, dv=p.dv, vth=p.vth, bias_mant=np.tile(p.bias_mant, B),
+                        bias_exp=p.bias_exp, name=p.name.replace("#", "_"), **extra)
+        lifs = {p.name: neurons(p) for p in g.populations}
         for pr in g.projections:
             if pr.src.startswith("bias:"):
                 j = g.bias_inputs.index(pr.src)
@@ -436,7 +454,7 @@ class LavaFixedRunner:
         cfg = lv.Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={
             lv.Injector: lv.IntInjectorModel, lv.Extractor: lv.PyLoihiExtractorModel,
             lv.LIF: lv.PyLifModelBitAcc, lv.Sparse: lv.PySparseModelBitAcc,
-            lv.LIReadout: lv.PyLIReadoutModelBitAcc})
+            lv.LIReadout: lv.PyLIReadoutModelBitAcc, lv.ResetLIF: lv.PyResetLifModelBitAcc})
         raw = {p.name: np.zeros((S, B * p.n), dtype=np.float32) for p in g.populations}
         xs = x.numpy().astype(np.int32)
         bias = bias_signal(g, S).astype(np.int32)

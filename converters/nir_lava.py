@@ -15,7 +15,8 @@ Two halves:
        CubaLIF  du = dt/tau_syn   dv = dt/tau_mem  a_in = (r dt/tau_mem)(w_in dt/tau_syn) W x
        IF       du = 1            dv = 0           a_in = r W x  (r: conventions.if_gain)
        Threshold du = 1           dv = 1           a_in = W x    (z = x > threshold, no state)
-       vth = v_threshold (>= 0), v_reset must be 0 (Lava's LIF resets to 0)
+       vth = v_threshold (>= 0); v_reset per neuron (Lava's LIF resets to 0: a v_reset != 0 runs
+       on the project's VecLIF (float) / ResetLIF (fixed point) models, ``sim/lava_procs.py``)
        LI / CubaLI: as LIF / CubaLIF with no threshold and no reset (a *readout*: it may feed
        Output nodes only; Lava's float LIF cannot send v, so only the fixed-point path runs it,
        ``converters/nir_fixed.py``, where it sends its membrane v each step as a graded spike)
@@ -104,6 +105,7 @@ class NeuronStage:
     leak: np.ndarray
     depth: int
     bias_mant: np.ndarray  # what Lava's LIF adds to v from its step 0 (depth-0 stages only)
+    v_reset: np.ndarray | None = None  # per neuron, where v goes after a spike (None: 0)
 
     @property
     def n(self) -> int:
@@ -240,9 +242,8 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
                                        "a leaky integrator (no spikes) runs on Lava as a readout "
                                        "only, read by the host (Output), not by another layer")
         threshold = p["threshold"] if node.kind == "Threshold" else p.get("v_threshold")
-        if not readout and np.any(p.get("v_reset", 0.0) != 0):
-            raise LavaMappingError(f"node {name!r} ({node.kind}): v_reset must be 0 on Lava (its LIF "
-                                   f"resets to 0), got {np.unique(p['v_reset'])[:4].tolist()}")
+        v_reset = (None if readout or not np.any(np.asarray(p.get("v_reset", 0.0)) != 0) else
+                   np.broadcast_to(np.asarray(p["v_reset"], np.float64), node.out_shape).reshape(-1).copy())
         if not readout and np.any(np.asarray(threshold) < 0):
             raise LavaMappingError(f"node {name!r} ({node.kind}): v_threshold < 0 is not supported on "
                                    "Lava (neurons would spike before their aligned start)")
@@ -297,7 +298,7 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
         vth = (np.zeros(n) if readout
                else np.broadcast_to(np.asarray(threshold, dtype=np.float64), node.out_shape).reshape(-1))
         stages.append(NeuronStage(name, node.kind, node.out_shape, du, dv, vth, drive, leak, d,
-                                  bias_mant))
+                                  bias_mant, v_reset))
     outputs = {}
     for o in graph.outputs:
         terms, cs = expr[o]
@@ -356,6 +357,9 @@ def to_float_layers(plan: LavaPlan) -> list:
         if st.readout:
             raise LavaMappingError(f"node {st.name!r} ({st.kind}): a readout (no spikes), not a "
                                    "FloatLayer")
+        if st.v_reset is not None:
+            raise LavaMappingError(f"node {st.name!r} ({st.kind}): v_reset != 0, not a FloatLayer "
+                                   "(which resets to 0)")
         conns = by_dst.get(st.name, [])
         if len(conns) != 1 or conns[0].src != prev or conns[0].src == st.name:
             raise LavaMappingError(f"node {st.name!r}: not a plain chain layer (fed by "
@@ -424,7 +428,8 @@ class LavaFloatRunner:
         for st in plan.stages:
             lifs[st.name] = lv.VecLIF(shape=(B * st.n,), du=np.tile(st.du, B),
                                       dv=np.tile(st.dv, B), vth=np.tile(st.vth, B),
-                                      bias_mant=np.tile(st.bias_mant, B), name=st.name)
+                                      bias_mant=np.tile(st.bias_mant, B), name=st.name,
+                                      v_reset=None if st.v_reset is None else np.tile(st.v_reset, B))
         for c in plan.connections:
             w = sp.block_diag([c.weight] * B, format="csr")
             from_input = c.src == plan.input

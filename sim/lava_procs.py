@@ -22,8 +22,12 @@ The project's own processes and models (everything else is Lava's, unchanged):
   arithmetic (``subthr_dynamics``) with no threshold and no reset, and whose ``s_out`` sends the
   membrane ``v`` every step as int32 (a graded spike, as Loihi 2 can send it). ``vth`` is unused.
 - :class:`VecLIF` / :class:`PyVecLifModelFloat`: Lava's LIF with per-neuron ``du``, ``dv``, ``vth``
-  (``floating_pt`` only), for NIR graphs whose neurons differ within a layer
-  (``converters/nir_lava.py``).
+  and reset voltage ``v_reset`` (``floating_pt`` only), for NIR graphs whose neurons differ within a
+  layer (``converters/nir_lava.py``).
+- :class:`ResetLIF` / :class:`PyResetLifModelBitAcc`: Lava's ``LIF`` whose spiking neurons reset
+  to a per-neuron ``v_reset`` (24-bit integers) instead of 0: ``PyLifModelBitAcc`` with
+  ``reset_voltage`` replaced (NIR ``v_reset != 0``; Loihi 2's neuron programs can do this, Lava's
+  stock LIF cannot).
 """
 from __future__ import annotations
 
@@ -51,7 +55,8 @@ from lava.proc.sparse.process import Sparse
 __all__ = ["RunSteps", "Loihi2SimCfg", "Dense", "Sparse", "PySparseModelBitAcc", "LIF",
            "PyLifModelBitAcc", "Injector", "PyLoihiInjectorModel", "IntInjectorModel", "Extractor",
            "PyLoihiExtractorModel", "BatchThetaLIF", "PyBatchThetaLifModelBitAcc", "VecLIF",
-           "PyVecLifModelFloat", "LIReadout", "PyLIReadoutModelBitAcc"]
+           "PyVecLifModelFloat", "LIReadout", "PyLIReadoutModelBitAcc", "ResetLIF",
+           "PyResetLifModelBitAcc"]
 
 
 class IntInjectorModel(PyLoihiInjectorModel):
@@ -132,11 +137,35 @@ class PyLIReadoutModelBitAcc(PyLifModelBitAcc):
         self.s_out.send(np.asarray(self.v, dtype=np.int32).copy())
 
 
+class ResetLIF(LIF):
+    """Lava's ``LIF`` process with one more variable, ``v_reset`` (per neuron, integers): where
+    its neurons spike, v becomes ``v_reset`` (model: :class:`PyResetLifModelBitAcc`)."""
+
+    def __init__(self, *, v_reset: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.v_reset = Var(shape=kwargs["shape"], init=np.asarray(v_reset, dtype=np.int32))
+
+
+@implements(proc=ResetLIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyResetLifModelBitAcc(PyLifModelBitAcc):
+    """``PyLifModelBitAcc`` resetting a spiking neuron's ``v`` to its ``v_reset`` (not 0)."""
+
+    implements_process = None  # inherited from PyLifModelBitAcc; ``implements`` refuses to overwrite it
+    v_reset: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def reset_voltage(self, spike_vector: np.ndarray) -> None:
+        fired = spike_vector != 0
+        self.v[fired] = self.v_reset[fired]
+
+
 class VecLIF(AbstractProcess):
-    """Lava's LIF with per-neuron ``du``, ``dv`` and ``vth`` (float model only)."""
+    """Lava's LIF with per-neuron ``du``, ``dv``, ``vth`` and ``v_reset`` (float model only)."""
 
     def __init__(self, *, shape: tuple[int, ...], du: np.ndarray, dv: np.ndarray,
-                 vth: np.ndarray, bias_mant: np.ndarray, name: str | None = None) -> None:
+                 vth: np.ndarray, bias_mant: np.ndarray, name: str | None = None,
+                 v_reset: np.ndarray | None = None) -> None:
         super().__init__(shape=shape, name=name)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
@@ -147,18 +176,24 @@ class VecLIF(AbstractProcess):
         self.vth = Var(shape=shape, init=vth)
         self.bias_mant = Var(shape=shape, init=bias_mant)
         self.bias_exp = Var(shape=shape, init=0.0)
+        self.v_reset = Var(shape=shape, init=np.zeros(shape) if v_reset is None else v_reset)
 
 
 @implements(proc=VecLIF, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyVecLifModelFloat(AbstractPyLifModelFloat):
-    """Lava's ``AbstractPyLifModelFloat`` dynamics; ``du``, ``dv``, ``vth`` are vectors."""
+    """Lava's ``AbstractPyLifModelFloat`` dynamics; ``du``, ``dv``, ``vth`` are vectors, and a
+    spiking neuron's v becomes its ``v_reset`` (Lava's: 0)."""
 
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     du: np.ndarray = LavaPyType(np.ndarray, float)
     dv: np.ndarray = LavaPyType(np.ndarray, float)
     vth: np.ndarray = LavaPyType(np.ndarray, float)
+    v_reset: np.ndarray = LavaPyType(np.ndarray, float)
 
     def spiking_activation(self) -> np.ndarray:
         return self.v > self.vth
+
+    def reset_voltage(self, spike_vector: np.ndarray) -> None:
+        self.v[spike_vector] = self.v_reset[spike_vector]

@@ -219,7 +219,7 @@ def float_agreement(graph: Any, dt: float, x: np.ndarray, spikes: dict, lplan: A
 def quantization_section(layers: list, info: dict[str, Any]) -> dict[str, Any]:
     """What quantizing did: the input, and per layer (``LayerQuant``) saturated, zeroed and clipped."""
     keys = ("weights_saturated", "weights_zeroed", "weights_changed_by_sign_mode",
-            "bias_saturated", "du_clipped", "dv_clipped", "vth_clipped")
+            "bias_saturated", "du_clipped", "dv_clipped", "vth_clipped", "v_reset_clipped")
     return {"input": info, "layers": {q.name: q.as_dict() for q in layers},
             "totals": {k: sum(getattr(q, k) for q in layers) for k in keys},
             "weights": sum(q.weights for q in layers)}

@@ -167,8 +167,8 @@ def _recurrent_graph():
 
 @pytest.mark.parametrize("make, flag, words, code", [
     (good_graph, ["--fixed-point", "--input-bits", "9"], "--input-bits must be 2..8", 2),
-    (lambda: good_graph(v_reset=np.full(4, 0.2)), ["--backend", "reference"],
-     "cannot run in fixed point: node 'lif' (LIF): v_reset must be 0", 1)])
+    (lambda: good_graph(v_threshold=np.full(4, -0.2)), ["--backend", "reference"],
+     "cannot run in fixed point: node 'lif' (LIF): v_threshold < 0", 1)])
 def test_fixed_point_refusals_are_one_line(tmp_path, capsys, make, flag, words, code):
     nir_path = _write(tmp_path / "g.nir", make())
     np.save(tmp_path / "x.npy", np.ones((5, 3)))
@@ -212,7 +212,7 @@ def test_lava_refusals_name_the_node_and_leave_no_process(tmp_path, capsys):
                  "output": nir.Output(output_type=np.array([4]))},
                 [("input", "fc"), ("fc", "readout"), ("readout", "output")])
     cases = {"li": (li, "node 'readout' (LI) cannot run on Lava"),
-             "reset": (good_graph(v_reset=np.full(4, 0.2)), "node 'lif' (LIF): v_reset must be 0")}
+             "negthr": (good_graph(v_threshold=np.full(4, -0.2)), "node 'lif' (LIF): v_threshold < 0")}
     for name, (g, words) in cases.items():
         out_dir = tmp_path / f"out_{name}"
         out_dir.mkdir()

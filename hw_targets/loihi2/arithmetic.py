@@ -170,7 +170,7 @@ def dense(s: Tensor, weight: Tensor, weight_exp: int, payload_max: int = 1) -> T
 
 def lif_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tensor,
              vth: int | Tensor, spike_fn: SpikeFn = heaviside, detach_reset: bool = True,
-             u_can_wrap: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+             u_can_wrap: bool = True, v_reset: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One step of Lava's ``PyLifModelBitAcc`` with a per-sample threshold: the one LIF update.
 
     Args:
@@ -187,6 +187,8 @@ def lif_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tens
         detach_reset: if True, the reset ``v * (1 - s)`` does not backpropagate through ``s``.
         u_can_wrap: False only where it is proven that no input can make Lava's u wrap act
             (``FixedPointLayer.u_can_wrap``): the wrap is then skipped, a no-op by that proof.
+        v_reset: ``(n,)`` integers a spiking neuron's v becomes instead of 0 (NIR ``v_reset``;
+            Lava: ``sim/lava_procs.PyResetLifModelBitAcc``), or None (Lava's LIF: 0).
 
     Returns ``(s, u, v)`` in the dtype of ``u`` (``s`` in ``spike_fn``'s dtype).
     """
@@ -205,6 +207,9 @@ def lif_step(a_in: Tensor, u: Tensor, v: Tensor, *, du: int, dv: int, bias: Tens
     s = spike_fn(v - thr)
     keep = torch.rsub(s.detach() if detach_reset else s, 1)
     v = v * (keep if keep.dtype == v.dtype else keep.to(v.dtype))
+    if v_reset is not None:
+        fired = s.detach() if detach_reset else s
+        v = v + (fired if fired.dtype == v.dtype else fired.to(v.dtype)) * _work(v_reset).to(v.dtype)
     if u.dtype != out_dtype:
         u, v = u.to(out_dtype), v.to(out_dtype)
     return s.to(out_dtype) if not s.is_floating_point() else s, u, v

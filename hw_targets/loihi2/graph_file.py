@@ -1,7 +1,8 @@
 """A :class:`~stft_neuro.hw_targets.loihi2.network.FixedPointGraph` as one safetensors file.
 
 The same container as the STFT plan (``DeploymentPlan.save``): integer arrays as tensors
-(``populations.<i>.index``, ``populations.<i>.bias_mant``, ``projections.<j>.weight``, int32), the
+(``populations.<i>.index``, ``populations.<i>.bias_mant``, ``populations.<i>.v_reset`` where a
+population resets to other than 0, ``projections.<j>.weight``, int32), the
 rest as JSON in the header metadata under ``stft_neuro.graph`` with a format name and version,
 and the host's input conversion (``input_scale``: float input per payload LSB) and ``dt``.
 """
@@ -44,6 +45,8 @@ def save_graph(g: FixedPointGraph, path: str | Path, input_scale: float, dt: flo
     for i, p in enumerate(g.populations):
         t[f"populations.{i}.index"] = np.ascontiguousarray(p.index, dtype=np.int32)
         t[f"populations.{i}.bias_mant"] = np.ascontiguousarray(p.bias_mant, dtype=np.int32)
+        if p.v_reset is not None:
+            t[f"populations.{i}.v_reset"] = np.ascontiguousarray(p.v_reset, dtype=np.int32)
     for j, p in enumerate(g.projections):
         t[f"projections.{j}.weight"] = np.ascontiguousarray(p.weight, dtype=np.int32)
     save_file(t, str(path), metadata={METADATA_KEY: json.dumps(graph_header(g, input_scale, dt))})
@@ -69,7 +72,9 @@ def load_graph(path: str | Path) -> tuple[FixedPointGraph, dict[str, Any]]:
         pops = tuple(Population(p["name"], p["layer"], arr[f"populations.{i}.index"].astype(np.int64),
                                 int(p["du"]), int(p["dv"]), int(p["vth"]),
                                 arr[f"populations.{i}.bias_mant"].astype(np.int64), int(p["bias_exp"]),
-                                bool(p.get("readout", False)), float(p.get("state_scale", 1.0)))
+                                bool(p.get("readout", False)), float(p.get("state_scale", 1.0)),
+                                (arr[f"populations.{i}.v_reset"].astype(np.int64)
+                                 if f"populations.{i}.v_reset" in arr else None))
                      for i, p in enumerate(h["populations"]))
         projs = tuple(Projection(p["src"], p["dst"], arr[f"projections.{j}.weight"].astype(np.int64),
                                  int(p["weight_exp"]), int(p["num_message_bits"]))

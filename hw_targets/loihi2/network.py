@@ -225,6 +225,8 @@ class Population:
             feeds no projection (only the host reads it).
         state_scale: integer LSBs of ``u`` and ``v`` per float unit of the layer (the quantizer's
             ``S``): a readout's ``v / state_scale`` is its value in the float graph's units.
+        v_reset: ``(n,)`` where a spiking neuron's v goes (24-bit integers), or None for Lava's
+            LIF's 0 (NIR ``v_reset != 0``: Lava runs it on ``sim/lava_procs.ResetLIF``).
     """
 
     name: str
@@ -237,6 +239,7 @@ class Population:
     bias_exp: int
     readout: bool = False
     state_scale: float = 1.0
+    v_reset: np.ndarray | None = None
 
     @property
     def n(self) -> int:
