@@ -13,7 +13,9 @@ into its own resumable results file ``bench/results/event16_<lo>_<hi>.json``. De
 the validation-selected ridge family, the full STFT and the AVCA-like model; the ridge alone takes
 seconds, the trained models minutes per seed (BENCHMARKS.md says which ranges were run for which).
 
-``report`` reads every ``event16_*.json``: one row per (range, variant) with HM mean +- sd, the
+``report`` reads every ``event16_*.json`` (at the default share 0.3-0.6 also the trained models of
+the main sweep, ``bench/results/quality16wd_UCF_real.json``, the same benchmark and configuration):
+one row per (range, variant) with HM mean +- sd, the
 paired difference to the ridge with its 95 % t-interval, and seeds; ``--plot`` draws HM against
 the range's midpoint (linear axes from zero), ``--write`` replaces the section of BENCHMARKS.md;
 the table and the per-seed numbers also go to ``bench/results/event16_summary.json``.
@@ -54,13 +56,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The default share (``data.event_fraction = 0.3,0.6``) is the main real-size UCF sweep's
+#: benchmark, byte-identical: its trained models come from that sweep's results file, whose
+#: configuration equals this sweep's at 0.3,0.6 (``main_sweep_matches``).
+DEFAULT_SHARE = [0.3, 0.6]
+MAIN_SWEEP = RESULTS / "quality16wd_UCF_real.json"
+
+
+def main_sweep_matches(main: dict, here: dict) -> bool:
+    """The main sweep's configuration equals this one's but for keys added to the config after
+    it ran, whose values here are what it used: ``data.event_fraction`` (0.3,0.6),
+    ``fusion.transformer_dropout`` (0) and ``train.spiking_weight_decay`` (its one weight decay)."""
+    import copy
+    a, b = copy.deepcopy(main["config"]), copy.deepcopy(here["config"])
+    later = {("data", "event_fraction"): DEFAULT_SHARE, ("fusion", "transformer_dropout"): 0.0,
+             ("train", "spiking_weight_decay"): a["train"]["weight_decay"]}
+    for (sec, key), used in later.items():
+        if key not in a[sec]:
+            a[sec][key] = used
+    from stft_neuro.quality_sweep import same_config
+    return same_config(a, b)
+
+
 def summary() -> list[dict]:
-    """Rows ``{fraction, variant, seeds, HM (mean, sd), diff_to_ridge}`` of every results file."""
+    """Rows ``{fraction, variant, seeds, HM (mean, sd), diff_to_ridge}`` of every results file
+    (at the default share, with the main sweep's trained variants that the file lacks)."""
     rows = []
     for path in sorted(RESULTS.glob("event16_*_*.json")):
         data = json.loads(path.read_text())
         fraction = [float(x) for x in data["config"]["data"]["event_fraction"]]
-        results = data["results"]
+        results = dict(data["results"])
+        if fraction == DEFAULT_SHARE and MAIN_SWEEP.is_file():
+            main_data = json.loads(MAIN_SWEEP.read_text())
+            if main_sweep_matches(main_data, data):
+                for variant in ("STFT (spike saliency, ridge readout)", "AVCA-like (no spiking, concat)"):
+                    results.setdefault(variant, main_data["results"].get(variant, {}))
         ridge = {int(s): r["HM"] for s, r in results.get(RIDGE, {}).items()}
         for variant, per_seed in results.items():
             hm = {int(s): r["HM"] for s, r in per_seed.items()}
