@@ -102,6 +102,10 @@ class LayerQuant:
     weight_bits_needed: int = 0
     #: neurons whose ``v_reset`` (NIR ``v_reset != 0``) left v's 24-bit range (clipped); 0 without
     v_reset_clipped: int = 0
+    #: inputs of the layer that are convolutions run on Lava's ``Conv`` process (a kernel, not an
+    #: unrolled matrix): a NIR Conv2d straight from a source, both sides one population, whose
+    #: weights need no negative exponent (Lava's Conv fixed-point model has none)
+    lava_conv_inputs: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -133,10 +137,13 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
     for st in lplan.stages:
         # the layer's inputs as (source, float matrix per integer input unit, payload max)
         blocks = []
+        convs: dict[str, dict] = {}  # source -> Connection.conv with its input scale ("scale")
         for c in by_dst.get(st.name, []):
             scale = input_scale if c.src == lplan.input else 1.0
             blocks.append((c.src, np.asarray(c.weight.toarray(), np.float64) * scale,
                            pmax_in if c.src == lplan.input else 1))
+            if c.conv is not None:
+                convs[c.src] = {**c.conv, "scale": scale}
         for start, v in sorted(st.drive.items()):
             if np.any(v != 0):
                 if st.depth + start - 1 < 0:
@@ -195,6 +202,7 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
         pops_of[st.name] = pops
         sat = zeroed = changed = nw = 0
         lost, drive = np.zeros(st.n), np.zeros(st.n)
+        n_conv = 0
         w_cap = C.WEIGHT_MAX_MIXED if mode == "mixed" else max(abs(lo), abs(hi))
         for src, b, pmax in blocks:
             # this source's own exponent (Lava's weight_exp is per Dense): the smallest that still
@@ -205,6 +213,13 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
                 e_b -= 1
             k_b = S / 2.0 ** (C.ACT_SHIFT + e_b)
             w_int = Q._round_weights(b, k_b, mode)
+            # a convolution between single populations runs on Lava's Conv process, whose
+            # fixed-point model has no weight_exp: the kernel carries 2^e_b, so only e_b >= 0 (a
+            # negative exponent would cost the kernel bits: such a convolution stays a Sparse)
+            conv = convs.get(src) if len(pops) == 1 and e_b >= 0 and (
+                src == lplan.input or len(pops_of.get(src, ())) == 1) else None
+            conv = _conv_projection(conv, k_b, mode, w_int) if conv is not None else None
+            n_conv += conv is not None
             sat += int(((b * k_b < lo - 0.5) | (b * k_b > hi + 0.5)).sum())
             zeroed += int(((w_int == 0) & (b != 0)).sum())
             lost += np.where((w_int == 0) & (b != 0), np.abs(b), 0.0).sum(axis=1) * pmax
@@ -223,7 +238,7 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
                     changed += int(np.sum(eff != blk))
                     projections.append(Projection(
                         GRAPH_INPUT if cname == lplan.input else cname, p.name, eff, e_b,
-                        input_bits if cname == lplan.input else 0))
+                        input_bits if cname == lplan.input else 0, conv))
         report.append(LayerQuant(st.name, st.n, len(profiles), e, k, S, nw, sat, zeroed, changed,
                                  bias_sat, int(((du_raw < 0) | (du_raw > C.DECAY_MAX)).sum()),
                                  int(((dv_raw < 0) | (dv_raw > C.DECAY_MAX)).sum()),
@@ -233,7 +248,7 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
                                  float(np.max(np.divide(lost, drive, out=np.zeros_like(lost),
                                                         where=drive > 0), initial=0.0)),
                                  max((_bits_needed(b) for _, b, _ in blocks), default=0),
-                                 v_reset_clipped or 0))
+                                 v_reset_clipped or 0, n_conv))
     graph = FixedPointGraph(
         n_in=int(np.prod(lplan.in_shape)), input_bits=int(input_bits),
         layers=tuple((st.name, st.n) for st in lplan.stages),
@@ -241,6 +256,47 @@ def quantize_graph(lplan: LavaPlan, input_scale: float, input_bits: int,
         populations=tuple(p for st in lplan.stages for p in pops_of[st.name]),
         projections=tuple(projections), bias_inputs=tuple(bias_inputs))
     return graph, report
+
+
+def _lava_conv(lv: Any, pr: Projection) -> Any:
+    """Lava's ``Conv`` process for a convolution projection. Lava's conv (``lava/proc/conv/utils``)
+    takes the image as (W, H, C) and the kernel as (C_out, W, H, C_in) and flips it (a true
+    convolution, computed with torch's correlation on the flipped kernel), so NIR's
+    (C_out, C_in, kh, kw) kernel is transposed and flipped here; its fixed-point model has no
+    weight exponent, so the kernel carries ``2^weight_exp`` (``weight_exp >= 0`` for these)."""
+    cv = pr.conv
+    k = np.asarray(cv["kernel"], np.int64) * 2 ** int(pr.weight_exp)
+    lava_kernel = np.ascontiguousarray(k.transpose(0, 3, 2, 1)[:, ::-1, ::-1]).astype(np.int32)
+    c, h, w = cv["in_shape"]
+    return lv.Conv(weight=lava_kernel, input_shape=(w, h, c), padding=tuple(cv["padding"][::-1]),
+                   stride=tuple(cv["stride"][::-1]), dilation=tuple(cv["dilation"][::-1]),
+                   groups=int(cv["groups"]), num_message_bits=int(pr.num_message_bits))
+
+
+def unroll_conv(kernel: np.ndarray, conv: dict) -> np.ndarray:
+    """The ``(n_out, n_in)`` matrix of a 2-D convolution (``Projection.conv`` geometry) with
+    ``kernel`` ``(C_out, C_in/groups, kh, kw)``: torch's ``conv2d`` (cross-correlation, NIR's and
+    torch's convention) applied to identity columns in float64, exact for integer kernels."""
+    n_in = int(np.prod(conv["in_shape"]))
+    eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + tuple(conv["in_shape"]))
+    y = torch.nn.functional.conv2d(eye, torch.from_numpy(np.asarray(kernel, np.float64)), None,
+                                   conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+    return y.reshape(n_in, -1).T.numpy()
+
+
+def _conv_projection(conv: dict, k_b: float, mode: str, w_int: np.ndarray) -> dict | None:
+    """``Projection.conv`` for a connection lowered from one ``Conv2d`` (``Connection.conv``),
+    quantized at ``k_b``: the integer kernel (the same rounding as the unrolled ``w_int``) and the
+    geometry; None when the kernel does not reproduce ``w_int`` exactly or Lava's Dense would
+    change those weights (sign mode), so that both forms are the same integers."""
+    kernel = Q._round_weights(conv["weight"] * conv["channel_scale"][:, None, None, None] * conv["scale"],
+                              k_b, mode) if "scale" in conv else None
+    if kernel is None or not np.array_equal(unroll_conv(kernel, conv), w_int):
+        return None
+    if not np.array_equal(lava_effective_weights(w_int), w_int):
+        return None
+    return {"kernel": kernel, **{k: conv[k] for k in ("stride", "padding", "dilation", "groups",
+                                                       "in_shape", "out_shape")}}
 
 
 def _bits_needed(w: np.ndarray) -> int:
@@ -406,18 +462,30 @@ class LavaFixedRunner:
 
     graph: FixedPointGraph
     timing: Any = None
+    conv_processes: int = 0  # Lava Conv processes built by the last run (all samples)
 
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from stft_neuro.sim import lava_runtime
+
+        g = self.graph
+        x = _check_payloads(g, x)
+        B = int(x.shape[1])
+        self.timing, self.conv_processes = lava_runtime.LavaTiming(), 0
+        if B == 1 or not any(pr.conv is not None for pr in g.projections):
+            return self._run(x, self.timing)
+        # Lava's Conv process takes one (W, H, C) image: one network per sample
+        parts = [self._run(x[:, b:b + 1], self.timing) for b in range(B)]
+        return {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
+
+    def _run(self, x: torch.Tensor, timing: Any) -> dict[str, torch.Tensor]:
         import scipy.sparse as sp
 
         from stft_neuro.sim import lava_runtime
         from stft_neuro.sim.lava_session import block_diagonal
 
         g = self.graph
-        x = _check_payloads(g, x)
         S, B = int(x.shape[0]), int(x.shape[1])
         lv = lava_runtime.load()
-        self.timing = timing = lava_runtime.LavaTiming()
         t0 = time.perf_counter()
         inj = lv.Injector(shape=(B * g.n_in,))
         injectors = [inj]
@@ -442,8 +510,15 @@ class LavaFixedRunner:
                                   shape=(col.size, nb))
                 port = bias_inj.out_port
             else:
-                w = block_diagonal(pr.weight, B)
                 port = inj.out_port if pr.src == GRAPH_INPUT else lifs[pr.src].s_out
+                if pr.conv is not None and B == 1:
+                    conv = _lava_conv(lv, pr)
+                    port.reshape(pr.conv["in_shape"]).transpose([2, 1, 0]).connect(conv.s_in)
+                    conv.a_out.transpose([2, 1, 0]).reshape((g.population(pr.dst).n,)).connect(
+                        lifs[pr.dst].a_in)
+                    self.conv_processes += 1
+                    continue
+                w = block_diagonal(pr.weight, B)
             syn = lv.Sparse(weights=w, weight_exp=int(pr.weight_exp),
                             num_message_bits=int(pr.num_message_bits))
             port.connect(syn.s_in)
@@ -454,7 +529,8 @@ class LavaFixedRunner:
         cfg = lv.Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={
             lv.Injector: lv.IntInjectorModel, lv.Extractor: lv.PyLoihiExtractorModel,
             lv.LIF: lv.PyLifModelBitAcc, lv.Sparse: lv.PySparseModelBitAcc,
-            lv.LIReadout: lv.PyLIReadoutModelBitAcc, lv.ResetLIF: lv.PyResetLifModelBitAcc})
+            lv.LIReadout: lv.PyLIReadoutModelBitAcc, lv.ResetLIF: lv.PyResetLifModelBitAcc,
+            lv.Conv: lv.PyConvModelFixed})
         raw = {p.name: np.zeros((S, B * p.n), dtype=np.float32) for p in g.populations}
         xs = x.numpy().astype(np.int32)
         bias = bias_signal(g, S).astype(np.int32)
@@ -462,7 +538,7 @@ class LavaFixedRunner:
         with lava_runtime.LavaRuntime(anchor, cfg, injectors, exts, timing=timing) as rt:
             rt.run_steps(S)
             t1 = time.perf_counter()
-            timing.build_s = t1 - t0
+            timing.build_s += t1 - t0
             for s in range(S):
                 inputs = [xs[s].reshape(-1)] + ([bias[s]] if nb else [])
                 for p, out in zip(g.populations, rt.step(inputs)):

@@ -7,8 +7,10 @@ Two halves:
    Linear, Scale, Flatten, Conv1d/2d, SumPool2d, AvgPool2d, nested-graph Identity) is composed into
    one sparse matrix (computed by applying the node's own torch op, ``converters.nir_torch``, to
    identity columns: the same arithmetic as the torch backend, no second implementation). One
-   connection is one Lava ``Sparse`` process, so convolutions run as their exact sparse matrix rather
-   than through Lava's Conv process: one code path, one delay rule. LIF, CubaLIF and IF become
+   connection is one Lava ``Sparse`` process in the float runner, convolutions as their exact
+   sparse matrix: one code path, one delay rule. A connection that is exactly one ``Conv2d`` keeps
+   its kernel too (``Connection.conv``): the fixed-point path runs it on Lava's ``Conv`` process
+   (``converters/nir_fixed.py``). LIF, CubaLIF and IF become
    Lava LIF neurons (derived, forward Euler, ``converters.conventions``)::
 
        LIF      du = 1            dv = dt/tau      a_in = (r dt/tau) W x
@@ -142,6 +144,11 @@ class Connection:
     dst: str
     weight: sp.csr_matrix
     lag: int
+    #: the connection is exactly one NIR ``Conv2d`` from ``src`` (no other node between): its
+    #: kernel ``weight`` (C_out, C_in/groups, kh, kw) times ``channel_scale`` (C_out,) is
+    #: ``weight`` above, unrolled; with ``stride``, ``padding``, ``dilation``, ``groups``,
+    #: ``in_shape`` (C, H, W), ``out_shape``. The fixed-point path runs it on Lava's ``Conv``.
+    conv: dict | None = None
 
     @property
     def recurrent(self) -> bool:
@@ -281,7 +288,8 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
                                        "depth (a skip connection or unequal delays); Lava's "
                                        "one-step-per-connection delay cannot align them")
             d = want
-            conns.append(Connection(src, name, sp.diags(scale) @ m, lag))
+            conns.append(Connection(src, name, sp.diags(scale) @ m, lag,
+                                    _conv_info(graph, name, src, lag, scale)))
         if d is None:
             raise LavaMappingError(f"node {name!r}: no input from the graph's Input")
         if d < 0:
@@ -310,6 +318,30 @@ def lower(graph: Graph, dt: float) -> LavaPlan:
         outputs[o] = keys[0][0]
     return LavaPlan(src_name, graph.nodes[src_name].out_shape, tuple(stages), tuple(conns),
                     outputs, float(dt))
+
+
+def _conv_info(graph: Graph, name: str, src: str, lag: int, scale: np.ndarray) -> dict | None:
+    """``Connection.conv`` when stage ``name``'s one input is a ``Conv2d`` whose one input is
+    ``src`` itself (the graph's Input or a spiking stage) with no lag, and the stage's input scale
+    is one value per output channel (so the kernel is shared); else None (a sparse matrix)."""
+    inc = graph.incoming[name]
+    if lag != 0 or len(inc) != 1 or inc[0][1]:
+        return None
+    conv = graph.nodes[inc[0][0]]
+    if conv.kind != "Conv2d" or tuple(graph.incoming[conv.name]) != ((src, False),):
+        return None
+    if src != graph.inputs[0] and graph.nodes[src].kind not in NEURONS:
+        return None
+    p = conv.params
+    c_out = conv.out_shape[0]
+    per_channel = np.asarray(scale, np.float64).reshape(c_out, -1)
+    if np.ptp(per_channel, axis=1).max(initial=0.0) != 0:
+        return None
+    return {"weight": np.asarray(p["weight"], np.float64), "channel_scale": per_channel[:, 0].copy(),
+            "stride": tuple(int(a) for a in p["stride"]), "padding": tuple(int(a) for a in p["padding"]),
+            "dilation": tuple(int(a) for a in p["dilation"]), "groups": int(p["groups"]),
+            "in_shape": tuple(int(a) for a in graph.nodes[src].out_shape),
+            "out_shape": tuple(int(a) for a in conv.out_shape)}
 
 
 def _linear_map(sim: Any, name: str) -> tuple[sp.csr_matrix, np.ndarray]:

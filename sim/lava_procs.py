@@ -44,6 +44,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.conv.models import PyConvModelFixed
+from lava.proc.conv.process import Conv
 from lava.proc.dense.process import Dense
 from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
 from lava.proc.io.injector import Injector, PyLoihiInjectorModel
@@ -56,7 +58,7 @@ __all__ = ["RunSteps", "Loihi2SimCfg", "Dense", "Sparse", "PySparseModelBitAcc",
            "PyLifModelBitAcc", "Injector", "PyLoihiInjectorModel", "IntInjectorModel", "Extractor",
            "PyLoihiExtractorModel", "BatchThetaLIF", "PyBatchThetaLifModelBitAcc", "VecLIF",
            "PyVecLifModelFloat", "LIReadout", "PyLIReadoutModelBitAcc", "ResetLIF",
-           "PyResetLifModelBitAcc"]
+           "PyResetLifModelBitAcc", "Conv", "PyConvModelFixed"]
 
 
 class IntInjectorModel(PyLoihiInjectorModel):

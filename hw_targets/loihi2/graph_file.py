@@ -2,7 +2,8 @@
 
 The same container as the STFT plan (``DeploymentPlan.save``): integer arrays as tensors
 (``populations.<i>.index``, ``populations.<i>.bias_mant``, ``populations.<i>.v_reset`` where a
-population resets to other than 0, ``projections.<j>.weight``, int32), the
+population resets to other than 0, ``projections.<j>.weight``, and ``projections.<j>.kernel`` for
+a convolution, whose geometry is in the header; int32), the
 rest as JSON in the header metadata under ``stft_neuro.graph`` with a format name and version,
 and the host's input conversion (``input_scale``: float input per payload LSB) and ``dt``.
 """
@@ -33,7 +34,10 @@ def graph_header(g: FixedPointGraph, input_scale: float, dt: float) -> dict[str,
                              **({"readout": True, "state_scale": float(p.state_scale)}
                                 if p.readout else {})} for p in g.populations],
             "projections": [{"src": p.src, "dst": p.dst, "weight_exp": int(p.weight_exp),
-                             "num_message_bits": int(p.num_message_bits)}
+                             "num_message_bits": int(p.num_message_bits),
+                             **({"conv": {k: (list(v) if isinstance(v, tuple) else v)
+                                          for k, v in p.conv.items() if k != "kernel"}}
+                                if p.conv is not None else {})}
                             for p in g.projections]}
 
 
@@ -49,8 +53,21 @@ def save_graph(g: FixedPointGraph, path: str | Path, input_scale: float, dt: flo
             t[f"populations.{i}.v_reset"] = np.ascontiguousarray(p.v_reset, dtype=np.int32)
     for j, p in enumerate(g.projections):
         t[f"projections.{j}.weight"] = np.ascontiguousarray(p.weight, dtype=np.int32)
+        if p.conv is not None:
+            t[f"projections.{j}.kernel"] = np.ascontiguousarray(p.conv["kernel"], dtype=np.int32)
     save_file(t, str(path), metadata={METADATA_KEY: json.dumps(graph_header(g, input_scale, dt))})
     return Path(path)
+
+
+def _conv(geometry: dict | None, kernel: np.ndarray | None) -> dict | None:
+    """A projection's ``conv`` from its header geometry and its kernel tensor (both or neither)."""
+    if geometry is None and kernel is None:
+        return None
+    if geometry is None or kernel is None:
+        raise KeyError("a convolution projection needs both its geometry and its kernel")
+    return {"kernel": kernel.astype(np.int64), "groups": int(geometry["groups"]),
+            **{k: tuple(int(a) for a in geometry[k])
+               for k in ("stride", "padding", "dilation", "in_shape", "out_shape")}}
 
 
 def load_graph(path: str | Path) -> tuple[FixedPointGraph, dict[str, Any]]:
@@ -77,7 +94,8 @@ def load_graph(path: str | Path) -> tuple[FixedPointGraph, dict[str, Any]]:
                                  if f"populations.{i}.v_reset" in arr else None))
                      for i, p in enumerate(h["populations"]))
         projs = tuple(Projection(p["src"], p["dst"], arr[f"projections.{j}.weight"].astype(np.int64),
-                                 int(p["weight_exp"]), int(p["num_message_bits"]))
+                                 int(p["weight_exp"]), int(p["num_message_bits"]),
+                                 _conv(p.get("conv"), arr.get(f"projections.{j}.kernel")))
                       for j, p in enumerate(h["projections"]))
         g = FixedPointGraph(int(h["n_in"]), int(h["input_bits"]),
                             tuple((str(a), int(b)) for a, b in h["layers"]),

@@ -263,6 +263,12 @@ class Projection:
     weight: np.ndarray
     weight_exp: int
     num_message_bits: int = 0
+    #: a convolution (``converters/nir_fixed._conv_projection``): ``kernel`` (C_out, C_in/groups,
+    #: kh, kw) integers whose unrolled matrix is ``weight``, and its geometry (``stride``,
+    #: ``padding``, ``dilation``, ``groups``, ``in_shape`` (C, H, W), ``out_shape``). Lava runs it
+    #: on its ``Conv`` process (kernel x 2^weight_exp, since that model has no exponent); every
+    #: other consumer uses ``weight``.
+    conv: dict | None = None
 
     def as_layer(self, dst: Population) -> FixedPointLayer:
         """This Dense and its destination as a :class:`FixedPointLayer` (for its bounds and the
