@@ -290,8 +290,8 @@ def _conv_projection(conv: dict, k_b: float, mode: str, w_int: np.ndarray) -> di
     geometry; None when the kernel does not reproduce ``w_int`` exactly or Lava's Dense would
     change those weights (sign mode), so that both forms are the same integers."""
     kernel = Q._round_weights(conv["weight"] * conv["channel_scale"][:, None, None, None] * conv["scale"],
-                              k_b, mode) if "scale" in conv else None
-    if kernel is None or not np.array_equal(unroll_conv(kernel, conv), w_int):
+                              k_b, mode)
+    if not np.array_equal(unroll_conv(kernel, conv), w_int):
         return None
     if not np.array_equal(lava_effective_weights(w_int), w_int):
         return None
@@ -456,7 +456,9 @@ class LavaFixedRunner:
     """Run a :class:`FixedPointGraph` on Lava's bit-accurate ``LIF`` and ``Sparse`` models.
 
     One network per batch: each population ``(B * n,)``, each projection ``block_diag`` over the
-    batch (the constant sources shared by all samples). ``run(x)`` with ``x`` ``(S, B, n_in)``
+    batch (the constant sources shared by all samples). A graph with a convolution projection
+    (``Projection.conv``) runs it on Lava's ``Conv`` process, which takes one image: one network
+    per sample then (``conv_processes`` counts the Conv processes built). ``run(x)`` with ``x`` ``(S, B, n_in)``
     payloads returns ``{layer: (S, B, n)}`` for all S Lava steps. The runtime is started and stopped
     by :class:`~stft_neuro.sim.lava_runtime.LavaRuntime` (nothing left behind on any path)."""
 
