@@ -40,7 +40,8 @@ import numpy as np
 from stft_neuro.errors import UserError
 
 FORMAT = "stft-neuro/deploy-bundle"
-VERSION = 1
+#: 2: ``files`` as ``{name: {"bytes", "sha256"}}``, as the export bundle's (1: ``{name: sha256}``)
+VERSION = 2
 GRAPH_FILE = "graph.safetensors"
 NIR_FILE = "graph.nir"
 NETX_WHY = ("not written: lava-dl netx holds a feed-forward chain of Dense/Conv -> CUBA layers, "
@@ -260,7 +261,7 @@ def load_bundle(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     then ``graph.safetensors`` loaded -> ``(fixed-point graph, its header)``. One-line
     ``UserError`` naming the file for a folder that is not a deploy bundle, a missing or changed
     file."""
-    from stft_neuro.export.bundle import BUNDLE_FORMAT, sha256
+    from stft_neuro.export.bundle import BUNDLE_FORMAT, file_problem
     from stft_neuro.hw_targets.loihi2.graph_file import load_graph
 
     d = Path(folder)
@@ -284,15 +285,10 @@ def load_bundle(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     for need in (GRAPH_FILE, NIR_FILE):
         if need not in files:
             raise UserError(f"{man_path}: does not list {need}; not a complete deploy bundle")
-    for name, digest in sorted(files.items()):
-        p = d / name
-        if Path(name).name != name or name == "manifest.json":
-            raise UserError(f"{man_path}: lists {name!r}, not a file of the bundle")
-        if not p.is_file():
-            raise UserError(f"{p}: listed in the bundle's manifest.json but missing")
-        if sha256(p) != digest:
-            raise UserError(f"{p}: SHA-256 differs from the bundle's manifest.json: the file was "
-                            "changed or corrupted after deploy; deploy again")
+    for name, record in sorted(files.items()):
+        problem = file_problem(d, name, record)
+        if problem is not None:
+            raise UserError(f"{problem}; deploy again")
     g, header = load_graph(d / GRAPH_FILE)
     return g, header
 
@@ -405,7 +401,7 @@ def main(args: argparse.Namespace) -> int:
                    "netx": NETX_WHY}}
 
     from stft_neuro.checkpoint import atomic_folder
-    from stft_neuro.export.bundle import sha256
+    from stft_neuro.export.bundle import file_records, sha256
     from stft_neuro.report.cli import emit
     with atomic_folder(out) as tmp:   # the bundle is complete or absent
         save_graph(fg, tmp / GRAPH_FILE, qinfo["input_scale"], dt)
@@ -413,9 +409,8 @@ def main(args: argparse.Namespace) -> int:
         rep["deploy"]["bundle"]["nir_note"] = _nir_with_metadata(args.file, tmp / NIR_FILE, header)
         rep["deploy"]["seconds"] = time.perf_counter() - t0
         emit(rep, extras, tmp / "report.json", tmp / "report.html")
-        files = sorted(p.name for p in tmp.iterdir())
         manifest = {"format": FORMAT, "version": VERSION, "source": str(args.file),
-                    "files": {f: sha256(tmp / f) for f in files}}
+                    "files": file_records(tmp)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if args.json:
         print(json.dumps(rep, indent=2, default=float))

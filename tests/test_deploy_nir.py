@@ -144,10 +144,11 @@ def test_deploy_report_matches_oracles(tmp_path, capsys, kind):
     # the bundle: every file listed with its checksum, nothing left beside it
     man = json.loads((folder / "manifest.json").read_text())
     assert {"graph.safetensors", "graph.nir", "report.json", "report.html"} <= set(man["files"])
-    for f, h in man["files"].items():
-        assert sha256(folder / f) == h, f
+    assert man["version"] == 2
+    for f, rec in man["files"].items():  # the export bundle's record: bytes and SHA-256
+        assert rec == {"bytes": (folder / f).stat().st_size, "sha256": sha256(folder / f)}, f
     meta = nir.read(str(folder / "graph.nir")).metadata
-    assert json.loads(meta["stft_neuro.fixed_point"])["plan_sha256"] == man["files"]["graph.safetensors"]
+    assert json.loads(meta["stft_neuro.fixed_point"])["plan_sha256"] == man["files"]["graph.safetensors"]["sha256"]
     assert "netx" in d["bundle"] and d["bundle"]["netx"].startswith("not written")
     assert json.loads((folder / "report.json").read_text())["layers"] == rep["layers"]
     no_leftovers(tmp_path)

@@ -56,7 +56,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from stft_neuro import __version__
 from stft_neuro.checkpoint import atomic_folder
@@ -89,6 +89,26 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_records(folder: Path, names: list[str] | None = None) -> dict[str, dict]:
+    """The manifest's ``files`` of every bundle (export's and deploy's): ``{name: {"bytes",
+    "sha256"}}`` for ``names`` in ``folder`` (default: every file in it), sorted by name."""
+    paths = [folder / n for n in names] if names is not None else [p for p in folder.iterdir() if p.is_file()]
+    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(paths)}
+
+
+def file_problem(folder: Path, name: str, record: Any) -> str | None:
+    """Why the bundle file ``name`` does not match its manifest ``record`` (not a plain name,
+    missing, corrupted), naming its path, or None when it does."""
+    if Path(name).name != name or name == MANIFEST:
+        return f"{folder / MANIFEST} lists {name!r}, not a file of the bundle"
+    if not (folder / name).is_file():
+        return f"{folder / name} is missing (listed in the bundle's {MANIFEST})"
+    if not isinstance(record, dict) or sha256(folder / name) != record.get("sha256"):
+        return (f"{folder / name} is corrupted (SHA-256 differs from the bundle's {MANIFEST}): "
+                "changed after it was written")
+    return None
 
 
 def bridge_description(plan: DeploymentPlan, dynamic_threshold: bool) -> dict:
@@ -195,11 +215,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{path}: bundle format version {manifest.get('version')!r}; this "
                           f"stft-neuro ({__version__}) reads version {BUNDLE_VERSION}: re-export it")
     for name, info in manifest.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise BundleError(f"bundle {path}: {name} is missing")
-        if sha256(f) != info.get("sha256"):
-            raise BundleError(f"bundle {path}: {name} is corrupted (SHA-256 differs from the manifest)")
+        problem = file_problem(path, name, info)
+        if problem is not None:
+            raise BundleError(problem)
     try:
         plan = DeploymentPlan.load(path / PLAN_FILE)
         netx_plan = DeploymentPlan.load(path / NETX_PLAN_FILE) if NETX_PLAN_FILE in manifest.get("files", {}) else None
@@ -366,8 +384,7 @@ def export_bundle(model, plan: DeploymentPlan, quant_summary: dict, out: str | P
                 save_file({"class_embeddings": run[1]}, str(tmp / CLASSES_FILE))
                 say(f"wrote {CLASSES_FILE}")
         exit_entry = _copy_exit_rule(early_exit, plan, tmp, say)
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = file_records(tmp)
         spiking_cfg = model.spiking.cfg
         manifest = {
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stft_neuro": __version__,
