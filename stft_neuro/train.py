@@ -113,13 +113,15 @@ def flush_denormals() -> Iterator[None]:
     """Subnormal floats (|x| < 1.18e-38) flushed to zero on this thread while training, then
     torch's default (off) again.
 
-    Why: Adam's second moments of parameters whose gradients vanish (weight-decayed weights that
-    no loss reaches, e.g. ``skip_spiking`` once the ridge readout carries the prediction) decay
-    into the subnormal range, and x86 CPUs compute on subnormals in microcode. A real-size
-    ActivityNet saliency run slowed from 20 s to over 120 s per epoch by its tenth; flushing
+    Why: weights and Adam moments of parameters that the loss barely reaches decay into the
+    subnormal range under weight decay (a stalled real-size ActivityNet saliency run held 2,307
+    subnormal weights, 1,658 of them in ``skip_spiking``, the readout's path that the ridge map
+    made redundant, and 121,638 subnormal Adam moments), and x86 CPUs compute on subnormals in
+    microcode. That run slowed from 20 s to 120-130 s per training epoch by its tenth; flushing
     made its training batches 6.2x faster, measured side by side on the same resumed state
-    (BENCHMARKS.md, "Training speed: subnormal floats"). The values flushed are below any
-    quantity the model's outputs resolve. ``torch.set_flush_denormal`` sets the calling thread's
+    (BENCHMARKS.md, "Training speed: subnormal floats"). Runs whose subnormals sit elsewhere
+    were not slowed (the same measurement: 1.0x). The values flushed are below any quantity the
+    model's outputs resolve. ``torch.set_flush_denormal`` sets the calling thread's
     FTZ/DAZ bits only: torch's intra-op worker threads keep theirs (the benchmarks train on one
     thread). Re-entrant: only the outermost ``with`` switches the mode."""
     global _FLUSH_DEPTH
