@@ -46,7 +46,7 @@ from stft_neuro.config import from_run_dict
 from stft_neuro.data import load_benchmark
 from stft_neuro.data.benchmark import Split
 from stft_neuro.machine import cpu_name
-from stft_neuro.train import Trainer, flush_denormals, train_epoch
+from stft_neuro.train import Trainer, train_epoch
 
 
 def pairwise_difference_distances(x: np.ndarray, t: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
@@ -57,6 +57,10 @@ def pairwise_difference_distances(x: np.ndarray, t: np.ndarray, chunk: int = 1 <
         diff = x[i:i + rows, None, :] - t[None, :, :]
         out[i:i + rows] = np.sqrt(np.einsum("nce,nce->nc", diff, diff))
     return out
+
+
+def _subnormal_product() -> float:
+    return (torch.tensor([torch.finfo(torch.float32).tiny]) * torch.tensor([0.01])).item()
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -140,11 +144,14 @@ def main() -> int:
     def epoch(flush: bool) -> None:
         model.load_state_dict(state[0])
         opt.load_state_dict(state[1])
-        if flush:
-            with flush_denormals():
-                train_epoch(model, sub, trainer.w2v, classes, opt, cfg, trainer.device, 0)
-        else:
+        kept = train_mod.flush_denormals
+        if not flush:  # train_epoch flushes by itself: swap that for a no-op
+            train_mod.flush_denormals = contextlib.nullcontext
+        try:
             train_epoch(model, sub, trainer.w2v, classes, opt, cfg, trainer.device, 0)
+        finally:
+            train_mod.flush_denormals = kept
+        assert _subnormal_product() > 0.0, "flushing leaked out of training"
 
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
