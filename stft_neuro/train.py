@@ -118,9 +118,9 @@ def flush_denormals() -> Iterator[None]:
     subnormal weights, 1,658 of them in ``skip_spiking``, the readout's path that the ridge map
     made redundant, and 121,638 subnormal Adam moments), and x86 CPUs compute on subnormals in
     microcode. That run slowed from 20 s to 120-130 s per training epoch by its tenth; flushing
-    made its training batches 6.2x faster, measured side by side on the same resumed state
-    (BENCHMARKS.md, "Training speed: subnormal floats"). Runs whose subnormals sit elsewhere
-    were not slowed (the same measurement: 1.0x). The values flushed are below any quantity the
+    made its training batches 6.1x faster, measured side by side on the same resumed state
+    (BENCHMARKS.md, "Training speed"); the AVCA-like model's and the paper-chip STFT's stalled
+    ActivityNet states ran 20x and 13x faster. The values flushed are below any quantity the
     model's outputs resolve. ``torch.set_flush_denormal`` sets the calling thread's
     FTZ/DAZ bits only: torch's intra-op worker threads keep theirs (the benchmarks train on one
     thread). Re-entrant: only the outermost ``with`` switches the mode."""
