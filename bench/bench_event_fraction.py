@@ -140,7 +140,13 @@ def report(args: argparse.Namespace) -> int:
     if not rows:
         print(f"bench_event_fraction: no results in {RESULTS}/event16_*.json (run first)", file=sys.stderr)
         return 1
-    text = table(rows)
+    text = table(rows) + (
+        "\n\nEvery trained row ran on the CPU, one torch thread per run (`train.threads=1`; the "
+        "machine line above is the reporting process's). At the default share 0.3-0.6 the trained "
+        "rows are the main real-size UCF sweep's (`bench/results/quality16wd_UCF_real.json`, the "
+        "same benchmark and configuration, seeds 0-4). Per-seed values: "
+        "`bench/results/event16_summary.json`; plot (HM against the share's midpoint, linear axes "
+        "from 0): `bench/results/event16.png`.")
     print(text)
     (RESULTS / "event16_summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     if args.plot:
