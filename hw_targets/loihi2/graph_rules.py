@@ -111,9 +111,8 @@ def max_profiles_per_layer(g: FixedPointGraph, limit: int) -> list[R.Violation]:
 #: Shares of one neuron's drive on weights that rounded to 0 (``weight_bits``). Not hardware
 #: limits: tolerances of this toolkit. Past the warning share the deployed neuron computes a
 #: visibly different function from the float one (the quantization report's per-layer agreement
-#: shows how much; graded 8-bit inputs often cost layer 1 a few percent, since the quantizer then
-#: keeps the 16-bit Dense output and u in range at the weights' expense). Past the error share the
-#: neuron has lost most of what drove it, and the graph is refused.
+#: shows how much). Past the error share the neuron has lost most of what drove it, and the graph
+#: is refused.
 WEIGHTS_ZEROED_DRIVE_WARNING: float = 0.01
 WEIGHTS_ZEROED_DRIVE_ERROR: float = 0.5
 
