@@ -318,8 +318,10 @@ def format_deploy(rep: dict[str, Any]) -> str:
 
     d, res = rep["deploy"], rep["deploy"]["resources"]
     dr, t = res["design_rules"], res["totals"]
-    lines = [f"deploy {d['file']}: {d['populations']} LIF populations, {d['projections']} Dense; "
-             f"backend {d['run']['backend']}"
+    convs = sum(q.get("lava_conv_inputs", 0) for q in d["quantization"]["layers"].values())
+    lines = [f"deploy {d['file']}: {d['populations']} LIF populations, {d['projections']} Dense"
+             + (f" ({convs} of them convolutions on Lava's Conv process)" if convs else "")
+             + f"; backend {d['run']['backend']}"
              + (" (Lava fixed_pt == reference, every spike)" if d["run"].get("lava_equals_reference")
                 else ""),
              f"design rules: {'PASS' if dr['passed'] else 'FAIL'} ({dr['errors']} error(s), "
