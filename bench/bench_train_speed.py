@@ -48,6 +48,9 @@ from stft_neuro.data.benchmark import Split
 from stft_neuro.machine import cpu_name
 from stft_neuro.train import Trainer, train_epoch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_reference import median_time  # noqa: E402  (one warm-up call, then the median)
+
 
 def pairwise_difference_distances(x: np.ndarray, t: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
     """The form ``protocol.distances`` had before: every (sample, class) difference, in row chunks."""
@@ -63,15 +66,6 @@ def _subnormal_product() -> float:
     return (torch.tensor([torch.finfo(torch.float32).tiny]) * torch.tensor([0.01])).item()
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def subnormal_count(opt: torch.optim.Optimizer) -> int:
     """Nonzero entries of the optimizer state below float32's smallest normal number."""
     tiny = torch.finfo(torch.float32).tiny
@@ -80,7 +74,7 @@ def subnormal_count(opt: torch.optim.Optimizer) -> int:
 
 
 class _Stop(Exception):
-    pass
+    """Raised by ``prepare``'s epoch hook once the state has trained its ``--epochs``."""
 
 
 def prepare(run: Path, variant: str, seed: int, epochs: int, sets: list[str]) -> None:
@@ -101,9 +95,8 @@ def prepare(run: Path, variant: str, seed: int, epochs: int, sets: list[str]) ->
     kept = train_mod.flush_denormals
     train_mod.flush_denormals = contextlib.nullcontext  # the training as it was: subnormals computed
     try:
-        train_mod.Trainer(cfg, bench, run, on_epoch=stop).run(resume=(run / "meta.json").is_file())
-    except _Stop:
-        pass
+        with contextlib.suppress(_Stop):
+            train_mod.Trainer(cfg, bench, run, on_epoch=stop).run(resume=(run / "meta.json").is_file())
     finally:
         train_mod.flush_denormals = kept
 
@@ -164,8 +157,8 @@ def main() -> int:
     n_val = sum(len(bench.splits[k].labels) for k in ("stage_1_val_seen", "stage_1_val_unseen"))
     table = np.asarray(bench.class_embeddings, dtype=np.float64)
     x = np.random.default_rng(0).normal(size=(n_val, table.shape[1]))
-    old = _median_time(lambda: pairwise_difference_distances(x, table), args.repeats)
-    new = _median_time(lambda: protocol.distances(x, table), args.repeats)
+    old = median_time(lambda: pairwise_difference_distances(x, table), args.repeats)
+    new = median_time(lambda: protocol.distances(x, table), args.repeats)
     agree = float(np.abs(pairwise_difference_distances(x, table) - protocol.distances(x, table)).max())
 
     result = {"cpu": cpu_name(), "run": str(run), "resumed_at": {"stage": progress.stage, "epoch": progress.epoch},

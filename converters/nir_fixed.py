@@ -276,19 +276,28 @@ def _lava_conv(lv: Any, pr: Projection) -> Any:
 def unroll_conv(kernel: np.ndarray, conv: dict) -> np.ndarray:
     """The ``(n_out, n_in)`` matrix of a 2-D convolution (``Projection.conv`` geometry) with
     ``kernel`` ``(C_out, C_in/groups, kh, kw)``: torch's ``conv2d`` (cross-correlation, NIR's and
-    torch's convention) applied to identity columns in float64, exact for integer kernels."""
+    torch's convention) applied to identity columns in float64, exact for integer kernels, 1024
+    columns at a time (as ``nir_lava._linear_map``: no ``n_in x n_in`` identity in memory)."""
     n_in = int(np.prod(conv["in_shape"]))
-    eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + tuple(conv["in_shape"]))
-    y = torch.nn.functional.conv2d(eye, torch.from_numpy(np.asarray(kernel, np.float64)), None,
-                                   conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
-    return y.reshape(n_in, -1).T.numpy()
+    k = torch.from_numpy(np.asarray(kernel, np.float64))
+    cols = []
+    for start in range(0, n_in, 1024):
+        stop = min(n_in, start + 1024)
+        eye = torch.zeros((stop - start, n_in), dtype=torch.float64)
+        eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        y = torch.nn.functional.conv2d(eye.reshape((stop - start,) + tuple(conv["in_shape"])), k, None,
+                                       conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+        cols.append(y.reshape(stop - start, -1).numpy())
+    return np.concatenate(cols).T
 
 
 def _conv_projection(conv: dict, k_b: float, mode: str, w_int: np.ndarray) -> dict | None:
     """``Projection.conv`` for a connection lowered from one ``Conv2d`` (``Connection.conv``),
     quantized at ``k_b``: the integer kernel (the same rounding as the unrolled ``w_int``) and the
     geometry; None when the kernel does not reproduce ``w_int`` exactly or Lava's Dense would
-    change those weights (sign mode), so that both forms are the same integers."""
+    change those weights (sign mode), so that both forms are the same integers. The unrolling
+    repeats what the lowering computed: a deliberate check, once per deployment, that the Conv
+    process and the reference run the same integers."""
     kernel = Q._round_weights(conv["weight"] * conv["channel_scale"][:, None, None, None] * conv["scale"],
                               k_b, mode)
     if not np.array_equal(unroll_conv(kernel, conv), w_int):
